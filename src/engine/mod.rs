@@ -1,0 +1,176 @@
+//! Inference engines behind one trait.
+//!
+//! A [`Classifier`] takes an NCHW float batch and returns one row of raw model
+//! output per image. Backends: ONNX Runtime with CUDA, ONNX Runtime on the CPU,
+//! and `tract` (pure Rust) as the last resort. [`open`] picks one per
+//! [`BackendChoice`]: `auto` walks down the list and says why at each step; a
+//! named backend is that backend or an error, never a quiet substitute.
+//!
+//! Every engine is checked when it is opened, not at the first photo: one dry
+//! run on a zero image must return exactly one row as wide as the label list.
+
+pub mod ort_backend;
+pub mod tract_backend;
+
+use crate::model::LoadedModel;
+use ndarray::{Array2, ArrayView4};
+use std::fmt;
+use std::path::PathBuf;
+
+/// The backend actually running a model; stored with every prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Cuda,
+    OrtCpu,
+    Tract,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cuda => "cuda",
+            Backend::OrtCpu => "ort-cpu",
+            Backend::Tract => "tract",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the user asked for with `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// CUDA if it works, else ONNX Runtime on the CPU, else tract; each step down is logged.
+    Auto,
+    /// ONNX Runtime with the CUDA execution provider, or an error.
+    Cuda,
+    /// ONNX Runtime on the CPU, or an error.
+    OrtCpu,
+    /// tract, the pure-Rust engine (slower, always available).
+    Tract,
+}
+
+/// Settings shared by the backends.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Intra-op threads; `None` means the number of physical cores.
+    pub threads: Option<usize>,
+    /// Explicit path to `libonnxruntime.so` (`--ort-lib`).
+    pub ort_lib: Option<PathBuf>,
+    /// CUDA device ordinal.
+    pub cuda_device: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{backend} backend unavailable: {reason}")]
+    Unavailable { backend: Backend, reason: String },
+    #[error("{backend} cannot run this model: {reason}")]
+    Model { backend: Backend, reason: String },
+    #[error("{backend} inference failed: {reason}")]
+    Inference { backend: Backend, reason: String },
+}
+
+/// One loaded model on one backend.
+pub trait Classifier: Send {
+    fn backend(&self) -> Backend;
+
+    /// A good batch size for this backend (a GPU wants more than a CPU).
+    fn preferred_batch(&self) -> usize;
+
+    /// Runs a batch `[n, 3, size, size]` and returns `[n, labels]` raw outputs.
+    fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError>;
+}
+
+/// Physical cores, which is what inference threads should match (SMT siblings
+/// share the vector units a convolution saturates).
+pub fn physical_cores() -> usize {
+    // Count distinct (package, core) pairs from sysfs; fall back to logical CPUs.
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut seen = std::collections::HashSet::new();
+    for cpu in 0..logical {
+        let base = format!("/sys/devices/system/cpu/cpu{cpu}/topology");
+        let pkg = std::fs::read_to_string(format!("{base}/physical_package_id"));
+        let core = std::fs::read_to_string(format!("{base}/core_id"));
+        match (pkg, core) {
+            (Ok(p), Ok(c)) => {
+                seen.insert((p.trim().to_string(), c.trim().to_string()));
+            }
+            _ => return logical,
+        }
+    }
+    seen.len().clamp(1, logical)
+}
+
+/// Checks a freshly opened engine with one dry run, so a model whose output
+/// does not match its labels is refused at start-up with a clear reason.
+fn dry_run(engine: &mut dyn Classifier, model: &LoadedModel) -> Result<(), EngineError> {
+    let size = model.spec.preprocess.size as usize;
+    let zeros = ndarray::Array4::<f32>::zeros((1, 3, size, size));
+    let out = engine.run(zeros.view())?;
+    let labels = model.spec.labels.len();
+    if out.shape() != [1, labels] {
+        return Err(EngineError::Model {
+            backend: engine.backend(),
+            reason: format!(
+                "a batch of 1 produced output shape {:?}, expected [1, {labels}] (one score per label)",
+                out.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A short note of why `auto` stepped down from a backend.
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub from: Backend,
+    pub reason: String,
+}
+
+/// Opens a model on the chosen backend. For `auto`, the steps taken down the
+/// chain are returned (and logged once at warn) so callers can report them.
+pub fn open(
+    model: &LoadedModel,
+    choice: BackendChoice,
+    options: &EngineOptions,
+) -> Result<(Box<dyn Classifier>, Vec<Fallback>), EngineError> {
+    let order: &[Backend] = match choice {
+        BackendChoice::Auto => &[Backend::Cuda, Backend::OrtCpu, Backend::Tract],
+        BackendChoice::Cuda => &[Backend::Cuda],
+        BackendChoice::OrtCpu => &[Backend::OrtCpu],
+        BackendChoice::Tract => &[Backend::Tract],
+    };
+    let mut fallbacks = Vec::new();
+    let mut last_err = None;
+    for &backend in order {
+        let attempt = open_one(model, backend, options).and_then(|mut engine| {
+            dry_run(engine.as_mut(), model)?;
+            Ok(engine)
+        });
+        match attempt {
+            Ok(engine) => return Ok((engine, fallbacks)),
+            Err(e) => {
+                if choice == BackendChoice::Auto && backend != Backend::Tract {
+                    tracing::warn!("backend {backend} not used, trying the next one: {e}");
+                    fallbacks.push(Fallback { from: backend, reason: e.to_string() });
+                }
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.expect("at least one backend was tried"))
+}
+
+fn open_one(model: &LoadedModel, backend: Backend, options: &EngineOptions) -> Result<Box<dyn Classifier>, EngineError> {
+    match backend {
+        Backend::Tract => Ok(Box::new(tract_backend::TractClassifier::new(model, options)?)),
+        Backend::OrtCpu => Ok(Box::new(ort_backend::OrtClassifier::new(model, options, false)?)),
+        Backend::Cuda => Ok(Box::new(ort_backend::OrtClassifier::new(model, options, true)?)),
+    }
+}

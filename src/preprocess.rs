@@ -1,0 +1,449 @@
+//! From bytes to a normalised NCHW tensor: sniff, decode, orient, resize, normalise.
+//!
+//! This is the one preprocessing path of the project. The daemon, `classify`,
+//! `evaluate`, the benchmarks and the `training` binary all call it, so a model
+//! sees at serving time exactly the pixels it was trained on.
+//!
+//! Why it looks the way it does:
+//! - The format is sniffed from the content; the extension is ignored (a PNG
+//!   called `.jpg` is a PNG).
+//! - Large JPEGs are decoded with DCT scaling (1/2, 1/4 or 1/8 size) straight to
+//!   a size still at least as large as the model input: a 12 MP photo costs a
+//!   fraction of a full decode, and quality is unchanged because the result is
+//!   shrunk to 224 px anyway.
+//! - Every decode runs under limits (pixels, allocation), so a header claiming
+//!   60000x60000 pixels is refused before any memory is taken.
+//! - EXIF orientation is applied; grayscale, CMYK, 16-bit and alpha images all
+//!   end up as 8-bit RGB (alpha composited onto white).
+
+use fast_image_resize::{self as fr, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, metadata::Orientation};
+use std::io::Cursor;
+
+/// How a photo is brought to the square model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMode {
+    /// The whole photo, squeezed to a square (what the training data is).
+    Stretch,
+    /// The largest centred square, then resized.
+    CenterCrop,
+}
+
+/// What a model wants as input: read from its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessSpec {
+    pub size: u32,
+    /// Per-channel mean on the 0..1 scale.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation on the 0..1 scale.
+    pub std: [f32; 3],
+    pub resize: ResizeMode,
+}
+
+impl PreprocessSpec {
+    /// Number of f32 values of one image in the tensor.
+    pub fn tensor_len(&self) -> usize {
+        3 * (self.size as usize) * (self.size as usize)
+    }
+}
+
+/// Bounds on what one image may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Files larger than this are refused without being read whole.
+    pub max_file_bytes: u64,
+    /// Width x height as declared by the header.
+    pub max_pixels: u64,
+    /// Largest side in pixels.
+    pub max_side: u32,
+    /// Bytes the decoder may allocate for one image.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits {
+            max_file_bytes: 256 * 1024 * 1024,
+            max_pixels: 150_000_000,
+            max_side: 40_000,
+            max_alloc: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why an image could not be turned into a tensor. Each has a stable `kind()`
+/// stored in the database, and a message meant for a person.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("not an image: {0}")]
+    NotAnImage(String),
+    #[error("{format} images are not supported")]
+    Unsupported { format: String },
+    #[error("image is {width}x{height} pixels, over the limit of {limit}")]
+    TooLarge { width: u32, height: u32, limit: String },
+    #[error("file is {bytes} bytes, over the limit of {limit} bytes")]
+    FileTooLarge { bytes: u64, limit: u64 },
+    #[error("corrupt or truncated {format}: {detail}")]
+    Corrupt { format: String, detail: String },
+}
+
+impl ImageError {
+    /// A short, stable name for statistics and queries (`error_kind` column).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ImageError::Empty => "empty",
+            ImageError::NotAnImage(_) => "not_image",
+            ImageError::Unsupported { .. } => "unsupported",
+            ImageError::TooLarge { .. } | ImageError::FileTooLarge { .. } => "too_large",
+            ImageError::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+/// The image format, judged from the first bytes only.
+pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
+    let format = image::guess_format(bytes).ok()?;
+    match format {
+        ImageFormat::Jpeg
+        | ImageFormat::Png
+        | ImageFormat::WebP
+        | ImageFormat::Bmp
+        | ImageFormat::Gif
+        | ImageFormat::Tiff => Some(format),
+        _ => None,
+    }
+}
+
+fn describe_non_image(bytes: &[u8]) -> String {
+    if let Ok(format) = image::guess_format(bytes) {
+        return format!("{format:?} is not a supported photo format");
+    }
+    let head = &bytes[..bytes.len().min(512)];
+    let printable = head.iter().filter(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()).count();
+    if printable * 10 >= head.len() * 9 {
+        "the content looks like text".to_string()
+    } else {
+        "unrecognised content (no JPEG, PNG, WebP, BMP, GIF or TIFF signature)".to_string()
+    }
+}
+
+/// Decodes any supported image to 8-bit RGB with EXIF orientation applied.
+///
+/// `min_side` is the smallest size the caller will shrink to: JPEGs much larger
+/// than that are decoded at a reduced scale that still covers it. Pass 0 for a
+/// full-resolution decode.
+pub fn decode_rgb(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    if bytes.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(ImageError::FileTooLarge { bytes: bytes.len() as u64, limit: limits.max_file_bytes });
+    }
+    let format = sniff(bytes).ok_or_else(|| ImageError::NotAnImage(describe_non_image(bytes)))?;
+    if format == ImageFormat::Jpeg
+        && min_side > 0
+        && let Some(img) = decode_jpeg_scaled(bytes, min_side, limits)?
+    {
+        return Ok(img);
+    }
+    decode_generic(bytes, format, limits)
+}
+
+fn format_name(format: ImageFormat) -> String {
+    format!("{format:?}").to_uppercase()
+}
+
+fn check_dims(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
+    if width == 0 || height == 0 {
+        return Err(ImageError::Corrupt { format: "image".into(), detail: format!("zero size {width}x{height}") });
+    }
+    if width > limits.max_side || height > limits.max_side {
+        return Err(ImageError::TooLarge { width, height, limit: format!("{} px per side", limits.max_side) });
+    }
+    if width as u64 * height as u64 > limits.max_pixels {
+        return Err(ImageError::TooLarge { width, height, limit: format!("{} pixels", limits.max_pixels) });
+    }
+    Ok(())
+}
+
+fn decode_generic(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
+    let fname = format_name(format);
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(l) => ImageError::TooLarge { width: 0, height: 0, limit: l.to_string() },
+        image::ImageError::Unsupported(u) => ImageError::Unsupported { format: format!("{fname} ({u})") },
+        other => ImageError::Corrupt { format: fname.clone(), detail: other.to_string() },
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut image_limits = Limits::default();
+    image_limits.max_image_width = Some(limits.max_side);
+    image_limits.max_image_height = Some(limits.max_side);
+    image_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let (w, h) = decoder.dimensions();
+    check_dims(w, h, limits)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb8(img))
+}
+
+/// Flattens any colour type to RGB8; transparent pixels become white, as a
+/// person looking at the photo would see them.
+fn to_rgb8(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return match img {
+            DynamicImage::ImageRgb8(rgb) => rgb,
+            other => other.to_rgb8(),
+        };
+    }
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = RgbImage::new(w, h);
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let a = p[3] as u32;
+        for c in 0..3 {
+            o[c] = ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8;
+        }
+    }
+    out
+}
+
+/// DCT-scaled JPEG decode. Returns `Ok(None)` when scaling would not help (the
+/// photo is already small) or the colour type is one we leave to the generic path.
+fn decode_jpeg_scaled(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<Option<RgbImage>, ImageError> {
+    let corrupt = |e: jpeg_decoder::Error| ImageError::Corrupt { format: "JPEG".into(), detail: e.to_string() };
+    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
+    decoder.read_info().map_err(corrupt)?;
+    let Some(info) = decoder.info() else { return Ok(None) };
+    let (w, h) = (info.width as u32, info.height as u32);
+    check_dims(w, h, limits)?;
+    if w.min(h) < 2 * min_side || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
+        // Nothing to gain (or CMYK/16-bit, which the generic decoder converts properly).
+        return Ok(None);
+    }
+    let req = min_side.min(u16::MAX as u32) as u16;
+    let (sw, sh) = decoder.scale(req, req).map_err(corrupt)?;
+    decoder.set_max_decoding_buffer_size(limits.max_alloc.min(usize::MAX as u64) as usize);
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let orientation = decoder.exif_data().and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms);
+    let Some(rgb) = RgbImage::from_raw(sw as u32, sh as u32, pixels) else {
+        return Err(ImageError::Corrupt { format: "JPEG".into(), detail: "decoder returned a short buffer".into() });
+    };
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(Some(img.into_rgb8()))
+}
+
+/// Resizes with an antialiased bilinear filter (the same family as Pillow's
+/// `resize(..., BILINEAR)`), SIMD-accelerated by `fast_image_resize`.
+/// `crop` is `(left, top, width, height)` in source pixels.
+pub fn resize_rgb(img: &RgbImage, width: u32, height: u32, crop: Option<(f64, f64, f64, f64)>) -> RgbImage {
+    if crop.is_none() && img.width() == width && img.height() == height {
+        return img.clone();
+    }
+    let mut dst = RgbImage::new(width, height);
+    let mut options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(fr::FilterType::Bilinear));
+    if let Some((l, t, w, h)) = crop {
+        options = options.crop(l, t, w, h);
+    }
+    // Both images are RGB8 with matching pixel types, so resizing cannot fail.
+    Resizer::new().resize(img, &mut dst, &options).expect("RGB8 to RGB8 resize");
+    dst
+}
+
+/// The square region a spec's resize mode takes from a `w`x`h` image.
+pub fn crop_for(mode: ResizeMode, w: u32, h: u32) -> Option<(f64, f64, f64, f64)> {
+    match mode {
+        ResizeMode::Stretch => None,
+        ResizeMode::CenterCrop => {
+            let side = w.min(h) as f64;
+            Some(((w as f64 - side) / 2.0, (h as f64 - side) / 2.0, side, side))
+        }
+    }
+}
+
+/// Writes `(pixel/255 - mean) / std` in CHW order into `out`
+/// (length `3 * width * height`).
+pub fn normalize_into(img: &RgbImage, mean: [f32; 3], std: [f32; 3], out: &mut [f32]) {
+    let plane = (img.width() * img.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "output slice does not match the image size");
+    // Precomputing a 256-entry table per channel turns the hot loop into lookups.
+    let tables: [[f32; 256]; 3] =
+        std::array::from_fn(|c| std::array::from_fn(|v| (v as f32 / 255.0 - mean[c]) / std[c]));
+    let (r, rest) = out.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        r[i] = tables[0][px[0] as usize];
+        g[i] = tables[1][px[1] as usize];
+        b[i] = tables[2][px[2] as usize];
+    }
+}
+
+/// Decoded RGB image to model input: resize per the spec, then normalise into `out`.
+pub fn tensor_from_rgb(img: &RgbImage, spec: &PreprocessSpec, out: &mut [f32]) {
+    let crop = crop_for(spec.resize, img.width(), img.height());
+    let resized = resize_rgb(img, spec.size, spec.size, crop);
+    normalize_into(&resized, spec.mean, spec.std, out);
+}
+
+/// The whole path: bytes to one image's slice of an NCHW batch.
+pub fn preprocess_bytes(
+    bytes: &[u8],
+    spec: &PreprocessSpec,
+    limits: &DecodeLimits,
+    out: &mut [f32],
+) -> Result<(), ImageError> {
+    let img = decode_rgb(bytes, spec.size, limits)?;
+    tensor_from_rgb(&img, spec, out);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    fn spec(size: u32) -> PreprocessSpec {
+        PreprocessSpec { size, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0], resize: ResizeMode::Stretch }
+    }
+
+    #[test]
+    fn sniffing_ignores_names_and_knows_the_formats() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));
+        for format in [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::Tiff] {
+            assert_eq!(sniff(&encode(&img, format)), Some(format), "{format:?}");
+        }
+        let webp = encode(&DynamicImage::ImageRgba8(img.to_rgba8()), ImageFormat::WebP);
+        assert_eq!(sniff(&webp), Some(ImageFormat::WebP));
+        assert_eq!(sniff(b"hello, this is text"), None);
+        assert_eq!(sniff(&[]), None);
+    }
+
+    #[test]
+    fn errors_have_kinds() {
+        let limits = DecodeLimits::default();
+        assert_eq!(decode_rgb(&[], 224, &limits).unwrap_err().kind(), "empty");
+        assert_eq!(decode_rgb(b"just some text\n", 224, &limits).unwrap_err().kind(), "not_image");
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([9, 9, 9])));
+        let jpeg = encode(&img, ImageFormat::Jpeg);
+        let truncated = &jpeg[..jpeg.len() / 3];
+        assert_eq!(decode_rgb(truncated, 224, &limits).unwrap_err().kind(), "corrupt");
+    }
+
+    #[test]
+    fn huge_header_is_refused_before_allocation() {
+        // A valid PNG header claiming 60000x60000 pixels and no data.
+        let mut png = Vec::new();
+        png.extend_from_slice(b"\x89PNG\r\n\x1a\n");
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(b"IHDR");
+        ihdr.extend_from_slice(&60000u32.to_be_bytes());
+        ihdr.extend_from_slice(&60000u32.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+        png.extend_from_slice(&13u32.to_be_bytes());
+        png.extend_from_slice(&ihdr);
+        png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+        let err = decode_rgb(&png, 224, &DecodeLimits::default()).unwrap_err();
+        assert_eq!(err.kind(), "too_large", "{err}");
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn normalisation_matches_hand_computed_values() {
+        // A uniform colour survives any resize unchanged, so every output value is
+        // (v/255 - mean) / std, computed here by hand.
+        let img = RgbImage::from_pixel(37, 23, image::Rgb([255, 51, 0]));
+        let s = spec(8);
+        let mut out = vec![0.0; s.tensor_len()];
+        tensor_from_rgb(&img, &s, &mut out);
+        let expected = [(1.0 - 0.5) / 0.5, (0.2 - 0.25) / 0.25, 0.0];
+        for c in 0..3 {
+            for v in &out[c * 64..(c + 1) * 64] {
+                assert!((v - expected[c]).abs() < 1e-6, "channel {c}: {v} vs {}", expected[c]);
+            }
+        }
+    }
+
+    #[test]
+    fn layout_is_chw_and_rgb_ordered() {
+        // Left half red, right half blue: channel 0 is high on the left only.
+        let img = RgbImage::from_fn(4, 2, |x, _| if x < 2 { image::Rgb([255, 0, 0]) } else { image::Rgb([0, 0, 255]) });
+        let mut out = vec![0.0; 3 * 8];
+        normalize_into(&img, [0.0; 3], [1.0; 3], &mut out);
+        assert_eq!(&out[0..4], &[1.0, 1.0, 0.0, 0.0]); // R, row 0
+        assert_eq!(&out[8..16], &[0.0; 8]); // G
+        assert_eq!(&out[16..20], &[0.0, 0.0, 1.0, 1.0]); // B, row 0
+    }
+
+    #[test]
+    fn halving_averages_pixel_pairs() {
+        // Antialiased bilinear at exactly 2x down weighs the 4 source pixels under
+        // each destination pixel 1/8, 3/8, 3/8, 1/8 along each axis (a tent of
+        // radius 2 source pixels). Independent computation for a 1-D ramp.
+        let src = RgbImage::from_fn(8, 1, |x, _| image::Rgb([(x * 32) as u8, 0, 0]));
+        let dst = resize_rgb(&src, 4, 1, None);
+        let row: Vec<f64> = (0..8u32).map(|x| (x * 32) as f64).collect();
+        for dx in 0..4usize {
+            let centre = 2.0 * dx as f64 + 1.0; // in source pixel centres: between 2dx and 2dx+1
+            let mut acc = 0.0;
+            let mut wsum = 0.0;
+            for (sx, v) in row.iter().enumerate() {
+                let d: f64 = ((sx as f64 + 0.5) - centre).abs() / 2.0;
+                let w = (1.0f64 - d).max(0.0);
+                acc += w * v;
+                wsum += w;
+            }
+            let expected = acc / wsum;
+            let got = dst.get_pixel(dx as u32, 0)[0] as f64;
+            assert!((got - expected).abs() <= 1.0, "pixel {dx}: got {got}, expected {expected:.2}");
+        }
+    }
+
+    #[test]
+    fn grayscale_alpha_and_16_bit_become_rgb() {
+        let limits = DecodeLimits::default();
+        let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(5, 5, image::Luma([100])));
+        let rgb = decode_rgb(&encode(&gray, ImageFormat::Png), 0, &limits).unwrap();
+        assert_eq!(rgb.get_pixel(2, 2).0, [100, 100, 100]);
+
+        let transparent = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(5, 5, image::Rgba([0, 0, 0, 0])));
+        let rgb = decode_rgb(&encode(&transparent, ImageFormat::Png), 0, &limits).unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255], "transparent pixels composite onto white");
+
+        let deep = DynamicImage::ImageRgb16(image::ImageBuffer::from_pixel(5, 5, image::Rgb([65535u16, 0, 32896])));
+        let rgb = decode_rgb(&encode(&deep, ImageFormat::Png), 0, &limits).unwrap();
+        assert_eq!(rgb.get_pixel(1, 1).0, [255, 0, 128]);
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_covers_the_target_and_keeps_the_picture() {
+        // 1600x1200 photo: left half red, right half green.
+        let img = RgbImage::from_fn(1600, 1200, |x, _| if x < 800 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 220, 20]) });
+        let jpeg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let small = decode_rgb(&jpeg, 224, &DecodeLimits::default()).unwrap();
+        assert!(small.width() >= 224 && small.height() >= 224);
+        assert!(small.width() < 1600, "expected a DCT-scaled decode, got {}x{}", small.width(), small.height());
+        let left = small.get_pixel(small.width() / 4, small.height() / 2);
+        let right = small.get_pixel(3 * small.width() / 4, small.height() / 2);
+        assert!(left[0] > 180 && left[1] < 60, "{left:?}");
+        assert!(right[1] > 180 && right[0] < 60, "{right:?}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Tiny models and images for tests, examples and benchmarks.
+//!
+//! Tests must run without the shipped model or the dataset, so they build their
+//! own: a colour classifier whose answer is known in advance (a red picture is
+//! "red"), written through the same ONNX writer the trainer uses.
+
+use crate::model::keys;
+use crate::onnx::{Attr, Dim, GraphBuilder, dtype};
+use image::{DynamicImage, ImageFormat, RgbImage};
+use std::path::Path;
+
+/// The labels of [`color_model`], in output order.
+pub const COLOR_LABELS: [&str; 3] = ["red", "green", "blue"];
+
+/// A 3-class ONNX model: global average pool, then `logits = 10 * mean(channel)`.
+/// Inputs are normalised with mean 0.5 and std 0.5, so a pure red image gives
+/// logits (10, -10, -10) and is classified "red" with ~100% confidence.
+pub fn color_model(size: u32) -> Vec<u8> {
+    color_model_with(size, &COLOR_LABELS.map(String::from), 3)
+}
+
+/// Like [`color_model`], but with any label list and output width (used to
+/// build deliberately broken models).
+pub fn color_model_with(size: u32, labels: &[String], outputs: usize) -> Vec<u8> {
+    let mut g = GraphBuilder::new("color");
+    let n = Dim::Named("N".into());
+    g.input("input", dtype::FLOAT, &[n.clone(), Dim::Fixed(3), Dim::Fixed(size as i64), Dim::Fixed(size as i64)]);
+    let pooled = g.node("GlobalAveragePool", &["input"], "pooled", vec![]);
+    let flat = g.node("Flatten", &[&pooled], "flat", vec![("axis", Attr::Int(1))]);
+    // Weight [outputs, 3]: row k picks channel k % 3, scaled by 10.
+    let mut w = vec![0.0f32; outputs * 3];
+    for k in 0..outputs {
+        w[k * 3 + k % 3] = 10.0;
+    }
+    let w = g.constant_f32("w", &[outputs as i64, 3], &w);
+    let b = g.constant_f32("b", &[outputs as i64], &vec![0.0; outputs]);
+    g.node("Gemm", &[&flat, &w, &b], "logits", vec![("transB", Attr::Int(1))]);
+    g.output("logits", dtype::FLOAT, &[n, Dim::Fixed(outputs as i64)]);
+    g.metadata(keys::LABELS, serde_json::to_string(labels).expect("labels serialise"));
+    g.metadata(keys::INPUT_SIZE, size.to_string());
+    g.metadata(keys::MEAN, "[0.5, 0.5, 0.5]");
+    g.metadata(keys::STD, "[0.5, 0.5, 0.5]");
+    g.metadata(keys::ARCHITECTURE, "color-test");
+    crate::onnx::encode(&g.build())
+}
+
+/// An RGB colour for each label of [`color_model`].
+pub fn color_of(label: &str) -> [u8; 3] {
+    match label {
+        "red" => [230, 20, 20],
+        "green" => [20, 230, 20],
+        _ => [20, 20, 230],
+    }
+}
+
+/// A `w`x`h` image of one dominant colour with a little texture (so encoders
+/// produce realistic files, and distinct `seed`s give distinct content).
+pub fn color_image(label: &str, w: u32, h: u32, seed: u32) -> RgbImage {
+    let [r, g, b] = color_of(label);
+    RgbImage::from_fn(w, h, |x, y| {
+        let n = ((x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ seed.wrapping_mul(2654435761)) % 16) as u8;
+        image::Rgb([r.saturating_sub(n), g.saturating_sub(n), b.saturating_sub(n)])
+    })
+}
+
+/// Encodes an image in `format` to bytes.
+pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img.clone()).write_to(&mut buf, format).expect("encoding an RGB image");
+    buf.into_inner()
+}
+
+/// Writes a colour image for `label` to `path` in `format`.
+pub fn write_color_image(path: &Path, label: &str, format: ImageFormat, seed: u32) -> std::io::Result<()> {
+    std::fs::write(path, encode(&color_image(label, 64, 48, seed), format))
+}
