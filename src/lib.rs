@@ -12,3 +12,8 @@ pub mod model;
 pub mod onnx;
 pub mod preprocess;
 pub mod testkit;
+pub mod store;
+pub mod daemon;
+pub mod predict;
+pub mod batch;
+pub mod output;

@@ -1,1 +1,110 @@
-fn main() {}
+//! The `instrument-detector` command line.
+
+mod commands;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use instrument_detector::engine::{BackendChoice, EngineOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Watches a folder of photos, says which musical instrument each one shows,
+/// and keeps the answers in a SQLite database you can query.
+#[derive(Parser, Debug)]
+#[command(name = "instrument-detector", version, about, long_about = None, max_term_width = 100)]
+struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options of every command that runs the model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// ONNX model file (labels and preprocessing are read from its metadata).
+    /// Default: the shipped model, models/instrument-lite0.onnx.
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Inference backend. `auto` tries CUDA, then ONNX Runtime on the CPU, then
+    /// tract, and logs why it stepped down; a named backend is that one or an error.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// ONNX Runtime library (libonnxruntime.so.*). Default: $ORT_DYLIB_PATH,
+    /// then the project's .venv (made by scripts/setup-python.sh).
+    #[arg(long, value_name = "PATH")]
+    ort_lib: Option<PathBuf>,
+    /// Inference threads (default: the number of physical cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Images per inference batch (default: 16 on CPU, 64 on CUDA).
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+}
+
+impl ModelArgs {
+    fn engine_options(&self) -> EngineOptions {
+        EngineOptions { threads: self.threads, ort_lib: self.ort_lib.clone(), cuda_device: 0 }
+    }
+    fn model_path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(commands::default_model_path)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch a folder and classify every photo put into it, exactly once.
+    Watch(commands::watch::WatchArgs),
+    /// List results from the database.
+    Query(commands::query::QueryArgs),
+    /// Counts per label, errors by kind, the models and backends used.
+    Stats(commands::query::StatsArgs),
+    /// Classify files or folders now, without a database; prints the top-k.
+    Classify(commands::classify::ClassifyArgs),
+    /// Accuracy on a labelled folder tree (DIR/<class>/<image>).
+    Evaluate(commands::classify::EvaluateArgs),
+}
+
+fn init_logging(verbose: u8, quiet: bool, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => default,
+        (false, 1) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,instrument_detector={level}")));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Watch(_)) { "info" } else { "warn" };
+    init_logging(cli.verbose, cli.quiet, default_level);
+    let result: Result<ExitCode> = match cli.command {
+        Command::Watch(a) => commands::watch::run(a),
+        Command::Query(a) => commands::query::query(a),
+        Command::Stats(a) => commands::query::stats(a),
+        Command::Classify(a) => commands::classify::classify(a),
+        Command::Evaluate(a) => commands::classify::evaluate(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line, ripgrep-style.
+            eprintln!("error: {}", instrument_detector::output::terminal_safe(&format!("{e:#}")));
+            ExitCode::from(2)
+        }
+    }
+}

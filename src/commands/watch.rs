@@ -1,0 +1,101 @@
+//! `instrument-detector watch`
+
+use crate::ModelArgs;
+use anyhow::Result;
+use instrument_detector::daemon::{self, WatchConfig};
+use instrument_detector::preprocess::DecodeLimits;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct WatchArgs {
+    /// The folder to watch (recursively).
+    #[arg(default_value = "watch")]
+    dir: PathBuf,
+    /// SQLite database for the results (created if missing).
+    #[arg(long, default_value = "instruments.db", value_name = "FILE")]
+    db: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Poll the folder every SECS seconds instead of relying on file events
+    /// (for network shares, which deliver none).
+    #[arg(long, value_name = "SECS")]
+    poll: Option<f64>,
+    /// A file is taken once its size and mtime stay unchanged for this long.
+    #[arg(long, default_value = "1000", value_name = "MS")]
+    settle_ms: u64,
+    /// Full reconcile scan every SECS seconds, as a safety net for lost events.
+    #[arg(long, default_value = "300", value_name = "SECS")]
+    reconcile_secs: u64,
+    /// Longest wait for a batch to fill (only while more images are being decoded).
+    #[arg(long, default_value = "20", value_name = "MS")]
+    batch_wait_ms: u64,
+    /// Decode threads (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Follow symbolic links (by default they are skipped, so nothing outside
+    /// the folder is read).
+    #[arg(long)]
+    follow_symlinks: bool,
+    /// Refuse files larger than this many megabytes.
+    #[arg(long, default_value = "256", value_name = "MB")]
+    max_file_mb: u64,
+    /// Refuse images with more than this many megapixels (decompression bombs).
+    #[arg(long, default_value = "150", value_name = "MP")]
+    max_megapixels: u64,
+    /// Most candidates the intake holds at once (bounds memory during bursts).
+    #[arg(long, default_value = "4096", value_name = "N")]
+    queue: usize,
+}
+
+pub fn run(a: WatchArgs) -> Result<ExitCode> {
+    if let Some(p) = a.poll
+        && !(p > 0.0 && p.is_finite())
+    {
+        anyhow::bail!("--poll must be a positive number of seconds");
+    }
+    let limits = DecodeLimits {
+        max_file_bytes: a.max_file_mb.saturating_mul(1024 * 1024),
+        max_pixels: a.max_megapixels.saturating_mul(1_000_000),
+        ..DecodeLimits::default()
+    };
+    let cfg = WatchConfig {
+        dir: a.dir,
+        db: a.db,
+        model: a.model.model_path(),
+        backend: a.model.backend,
+        engine: a.model.engine_options(),
+        settle: Duration::from_millis(a.settle_ms),
+        poll: a.poll.map(Duration::from_secs_f64),
+        reconcile: Duration::from_secs(a.reconcile_secs.max(1)),
+        batch_size: a.model.batch_size,
+        batch_wait: Duration::from_millis(a.batch_wait_ms),
+        workers: a.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)),
+        follow_symlinks: a.follow_symlinks,
+        limits,
+        queue: a.queue,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(handle_signals(cancel.clone()));
+        daemon::run(cfg, cancel).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: graceful stop. Second: exit at once.
+async fn handle_signals(cancel: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    tracing::info!("signal received: finishing in-flight work (send it again to exit at once)");
+    cancel.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    eprintln!("second signal: exiting now; unfinished files will be picked up at the next start");
+    std::process::exit(130);
+}

@@ -1,0 +1,595 @@
+//! The daemon: watch a folder, classify every photo exactly once, store it.
+//!
+//! ```text
+//! notify events ─┐
+//! start-up scan ─┼─▶ intake (settle rule) ─▶ workers ─▶ batcher (engine) ─▶ writer ─▶ SQLite
+//! reconcile/poll ┘
+//! ```
+//!
+//! The intake runs on tokio (events, timers, signals); decoding, inference and
+//! SQLite run on plain threads, connected by bounded channels, so a burst of any
+//! size costs memory proportional to the queue sizes, never to the burst.
+//!
+//! Shutdown (SIGINT/SIGTERM): intake stops, workers stop taking new files, the
+//! batches already decoded are classified and committed, and the process exits
+//! 0. A second signal exits at once. Nothing is lost either way: a file without
+//! a committed row is found again by the next start-up scan.
+
+pub mod pipeline;
+pub mod scan;
+pub mod settle;
+
+use crate::engine::{self, BackendChoice, EngineOptions};
+use crate::model::LoadedModel;
+use crate::preprocess::DecodeLimits;
+use crate::store::{Outcome, Store, path_text};
+use anyhow::{Context, bail};
+use pipeline::{Registry, WriteMsg};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Everything `watch` can be told.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub model: PathBuf,
+    pub backend: BackendChoice,
+    pub engine: EngineOptions,
+    pub settle: Duration,
+    /// Poll instead of relying on events (network shares).
+    pub poll: Option<Duration>,
+    /// Full reconcile scan every so often, as a safety net.
+    pub reconcile: Duration,
+    pub batch_size: Option<usize>,
+    pub batch_wait: Duration,
+    pub workers: usize,
+    pub follow_symlinks: bool,
+    pub limits: DecodeLimits,
+    /// Bound on candidates held by the intake (pending settle + ready).
+    pub queue: usize,
+}
+
+/// Counters for logs, `status` and metrics.
+#[derive(Default)]
+pub struct Stats {
+    pub seen: AtomicU64,
+    pub skipped: AtomicU64,
+    pub known: AtomicU64,
+    pub classified: AtomicU64,
+    pub recorded: AtomicU64,
+    pub failed: AtomicU64,
+    pub batches: AtomicU64,
+    pub decode_ns: AtomicU64,
+    pub infer_ns: AtomicU64,
+    pub errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    pub fn count_error(&self, kind: &str) {
+        let mut m = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+/// Messages into the intake.
+#[derive(Debug)]
+pub enum IntakeMsg {
+    /// A path that may be a new or changed file.
+    Candidate(PathBuf),
+    /// A path that may have disappeared.
+    Gone(PathBuf),
+    /// A folder whose content may be unknown (moved in, or events were lost).
+    Rescan(PathBuf),
+}
+
+/// State shared by the intake and the pipeline threads.
+pub struct Shared {
+    pub stopping: AtomicBool,
+    /// Workers currently reading/decoding (the batcher waits only if > 0).
+    pub decoding: AtomicUsize,
+    pub registry: Mutex<Registry>,
+    /// Paths dispatched and not yet committed.
+    pub inflight: Mutex<HashSet<PathBuf>>,
+    /// Set when events may have been lost; the intake then rescans.
+    pub rescan: AtomicBool,
+    pub stats: Stats,
+    requeue_tx: mpsc::Sender<IntakeMsg>,
+}
+
+impl Shared {
+    pub fn release(&self, path: &Path) {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+    }
+
+    /// Sends a path back to the intake to settle again; if the intake is full
+    /// a rescan will find it.
+    pub fn requeue(&self, path: &Path) {
+        if self.requeue_tx.try_send(IntakeMsg::Candidate(path.to_path_buf())).is_err() {
+            self.rescan.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Holds an exclusive lock file for the process lifetime.
+struct InstanceLock {
+    _file: std::fs::File,
+}
+
+fn lock(path: &Path, what: &str) -> anyhow::Result<InstanceLock> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot create lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(InstanceLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another instrument-detector daemon is already using {what} (lock file {} is held); stop it first",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
+fn sibling_with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Runs the daemon until a signal (or `cancel`) stops it.
+pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let dir = std::fs::canonicalize(&cfg.dir)
+        .with_context(|| format!("cannot watch {}: the folder does not exist or cannot be read", cfg.dir.display()))?;
+    if !dir.is_dir() {
+        bail!("cannot watch {}: not a folder", dir.display());
+    }
+    let model = Arc::new(LoadedModel::load(&cfg.model)?);
+    let (engine, fallbacks) = engine::open(&model, cfg.backend, &cfg.engine)
+        .with_context(|| format!("cannot run model {} on backend {:?}", cfg.model.display(), cfg.backend))?;
+    let backend = engine.backend();
+
+    if let Some(parent) = cfg.db.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
+    }
+    let _db_lock = lock(&sibling_with_suffix(&cfg.db, ".lock"), &format!("database {}", cfg.db.display()))?;
+    let _dir_lock = match lock(&dir.join(".instrument-detector.lock"), &format!("folder {}", dir.display())) {
+        Ok(l) => Some(l),
+        Err(e) if e.to_string().contains("already using") => return Err(e),
+        Err(e) => {
+            tracing::warn!("{e:#}; continuing without a folder lock");
+            None
+        }
+    };
+    let store = Store::open_rw(&cfg.db).with_context(|| format!("cannot use database {}", cfg.db.display()))?;
+    store.register_model(&model)?;
+
+    let max_batch = cfg.batch_size.unwrap_or_else(|| engine.preferred_batch()).max(1);
+    tracing::info!(
+        model = %model.path.display(),
+        sha256 = &model.sha256[..12],
+        labels = model.spec.labels.len(),
+        input = model.spec.preprocess.size,
+        backend = %backend,
+        folder = %dir.display(),
+        db = %cfg.db.display(),
+        batch = max_batch,
+        workers = cfg.workers,
+        "instrument-detector watching"
+    );
+    for f in &fallbacks {
+        tracing::info!("backend {} was not used: {}", f.from, f.reason);
+    }
+
+    let (intake_tx, intake_rx) = mpsc::channel::<IntakeMsg>(cfg.queue.max(16));
+    let shared = Arc::new(Shared {
+        stopping: AtomicBool::new(false),
+        decoding: AtomicUsize::new(0),
+        registry: Mutex::new(Registry::default()),
+        inflight: Mutex::new(HashSet::new()),
+        rescan: AtomicBool::new(false),
+        stats: Stats::default(),
+        requeue_tx: intake_tx.clone(),
+    });
+
+    // Pipeline threads.
+    let workers = cfg.workers.max(1);
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<PathBuf>(workers * 2);
+    let (job_tx, job_rx) = crossbeam_channel::bounded::<pipeline::Job>(max_batch * 2);
+    let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteMsg>(64);
+
+    let writer = {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("writer".into()).spawn(move || pipeline::writer_loop(shared, store, write_rx))?
+    };
+    let batcher = {
+        let (shared, model, write_tx) = (shared.clone(), model.clone(), write_tx.clone());
+        let wait = cfg.batch_wait;
+        std::thread::Builder::new()
+            .name("batcher".into())
+            .spawn(move || pipeline::batcher_loop(shared, model, engine, max_batch, wait, job_rx, write_tx))?
+    };
+    let ctx = Arc::new(pipeline::WorkerContext {
+        shared: shared.clone(),
+        model: model.clone(),
+        limits: cfg.limits,
+        follow_symlinks: cfg.follow_symlinks,
+        db_path: cfg.db.clone(),
+        young: (cfg.settle * 5).max(Duration::from_secs(5)),
+    });
+    let mut worker_handles = Vec::new();
+    for i in 0..workers {
+        let (ctx, rx, jobs, writes) = (ctx.clone(), work_rx.clone(), job_tx.clone(), write_tx.clone());
+        worker_handles.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{i}"))
+                .spawn(move || pipeline::worker_loop(ctx, rx, jobs, writes))?,
+        );
+    }
+    drop((work_rx, job_tx));
+
+    // Events.
+    let mut poll = cfg.poll;
+    let _watcher = if poll.is_none() {
+        match start_watcher(&dir, intake_tx.clone(), shared.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let fallback = Duration::from_secs(10);
+                tracing::error!("{e}; falling back to polling every {}s", fallback.as_secs());
+                poll = Some(fallback);
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let intake = Intake {
+        root: dir.clone(),
+        cfg: cfg.clone(),
+        shared: shared.clone(),
+        work_tx,
+        write_tx: write_tx.clone(),
+        intake_tx,
+        poll,
+    };
+    intake.run(intake_rx, cancel).await;
+
+    // Shutdown: stop taking work, drain what is decoded, commit, exit.
+    tracing::info!("stopping: finishing the batches in flight");
+    shared.stopping.store(true, Ordering::SeqCst);
+    drop(_watcher);
+    drop(write_tx);
+    tokio::task::spawn_blocking(move || {
+        for h in worker_handles {
+            let _ = h.join();
+        }
+        let _ = batcher.join();
+        let _ = writer.join();
+    })
+    .await?;
+    let s = &shared.stats;
+    tracing::info!(
+        classified = s.classified.load(Ordering::Relaxed),
+        recorded = s.recorded.load(Ordering::Relaxed) + s.known.load(Ordering::Relaxed),
+        failed = s.failed.load(Ordering::Relaxed),
+        "stopped cleanly"
+    );
+    Ok(())
+}
+
+/// Sets up the recursive notify watcher. Its callback runs on notify's own
+/// thread and never blocks: if the intake is full, it asks for a rescan.
+fn start_watcher(
+    dir: &Path,
+    tx: mpsc::Sender<IntakeMsg>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    use notify::event::{EventKind, ModifyKind, RenameMode};
+    use notify::{RecursiveMode, Watcher};
+    let handler = move |res: notify::Result<notify::Event>| match res {
+        Ok(event) => {
+            if event.need_rescan() {
+                shared.rescan.store(true, Ordering::SeqCst);
+            }
+            let msgs: Vec<IntakeMsg> = match event.kind {
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
+                    event.paths.into_iter().map(IntakeMsg::Gone).collect()
+                }
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                    let mut it = event.paths.into_iter();
+                    let mut v = Vec::new();
+                    if let Some(from) = it.next() {
+                        v.push(IntakeMsg::Gone(from));
+                    }
+                    v.extend(it.map(IntakeMsg::Candidate));
+                    v
+                }
+                EventKind::Access(_) => Vec::new(),
+                _ => event.paths.into_iter().map(IntakeMsg::Candidate).collect(),
+            };
+            for m in msgs {
+                if tx.try_send(m).is_err() {
+                    shared.rescan.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        Err(e) => {
+            if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                tracing::error!("{}", INOTIFY_HINT);
+            } else {
+                tracing::warn!("file watcher error: {e}; rescanning");
+            }
+            shared.rescan.store(true, Ordering::SeqCst);
+        }
+    };
+    let mut watcher = notify::recommended_watcher(handler).context("cannot start the file watcher")?;
+    watcher.watch(dir, RecursiveMode::Recursive).map_err(|e| {
+        if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+            anyhow::anyhow!("{INOTIFY_HINT}")
+        } else {
+            anyhow::anyhow!("cannot watch {}: {e}", dir.display())
+        }
+    })?;
+    Ok(watcher)
+}
+
+pub const INOTIFY_HINT: &str = "the system ran out of inotify watches (one is needed per folder); raise the limit with \
+`sudo sysctl fs.inotify.max_user_watches=524288` (persist it in /etc/sysctl.d/), or run with --poll SECS";
+
+struct Intake {
+    root: PathBuf,
+    cfg: WatchConfig,
+    shared: Arc<Shared>,
+    work_tx: crossbeam_channel::Sender<PathBuf>,
+    write_tx: crossbeam_channel::Sender<WriteMsg>,
+    intake_tx: mpsc::Sender<IntakeMsg>,
+    poll: Option<Duration>,
+}
+
+impl Intake {
+    async fn run(self, mut rx: mpsc::Receiver<IntakeMsg>, cancel: CancellationToken) {
+        let mut settler = settle::Settler::new(self.cfg.settle, self.cfg.queue.max(16));
+        let mut ready: VecDeque<PathBuf> = VecDeque::new();
+        let tick_every = (self.cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let scanning = Arc::new(AtomicBool::new(false));
+        let every = self.poll.unwrap_or(self.cfg.reconcile);
+        let mut next_scan = Instant::now() + every;
+        self.start_scan(self.root.clone(), &scanning, true); // start-up reconcile
+        loop {
+            let accepting = settler.len() + ready.len() < self.cfg.queue.max(16);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                msg = rx.recv(), if accepting => match msg {
+                    None => break,
+                    Some(IntakeMsg::Candidate(p)) => self.candidate(p, &mut settler, &scanning),
+                    Some(IntakeMsg::Gone(p)) => self.gone(p, &scanning),
+                    Some(IntakeMsg::Rescan(p)) => {
+                        if !self.start_scan(p, &scanning, false) {
+                            self.shared.rescan.store(true, Ordering::SeqCst);
+                        }
+                    }
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    ready.extend(settler.poll(now, settle::observe));
+                    self.dispatch(&mut ready, &mut settler);
+                    if self.shared.rescan.load(Ordering::SeqCst) && self.start_scan(self.root.clone(), &scanning, true) {
+                        self.shared.rescan.store(false, Ordering::SeqCst);
+                    }
+                    if now >= next_scan {
+                        if self.start_scan(self.root.clone(), &scanning, true) {
+                            next_scan = now + every;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn candidate(&self, p: PathBuf, settler: &mut settle::Settler, scanning: &Arc<AtomicBool>) {
+        if p.file_name().is_some_and(scan::is_ignored_name) || in_ignored_dir(&self.root, &p) {
+            return;
+        }
+        let Ok(meta) = (if self.cfg.follow_symlinks { std::fs::metadata(&p) } else { std::fs::symlink_metadata(&p) }) else {
+            return;
+        };
+        if meta.is_dir() {
+            // A folder moved or copied in: its files may predate our watch on it.
+            if !self.start_scan(p, scanning, false) {
+                self.shared.rescan.store(true, Ordering::SeqCst);
+            }
+            return;
+        }
+        if !meta.is_file() {
+            tracing::debug!("{}: not a regular file (symlink or special), skipped", path_text(&p));
+            return;
+        }
+        self.shared.stats.seen.fetch_add(1, Ordering::Relaxed);
+        settler.offer(p.clone(), settle::observe(&p), Instant::now());
+    }
+
+    fn gone(&self, p: PathBuf, scanning: &Arc<AtomicBool>) {
+        if std::fs::symlink_metadata(&p).is_ok() {
+            // Renamed over, or recreated: treat as new content.
+            let _ = self.intake_tx.try_send(IntakeMsg::Candidate(p));
+            return;
+        }
+        let text = path_text(&p);
+        let _ = self.write_tx.send(WriteMsg::Outcomes(vec![(Outcome::Deleted { path: text }, Vec::new())]));
+        // If it was a folder, its files are found gone by a reconcile.
+        if !self.start_scan(self.root.clone(), scanning, true) {
+            self.shared.rescan.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Hands settled paths to the workers without ever blocking the intake.
+    fn dispatch(&self, ready: &mut VecDeque<PathBuf>, settler: &mut settle::Settler) {
+        let mut deferred = Vec::new();
+        while let Some(p) = ready.pop_front() {
+            {
+                let mut inflight = self.shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                if inflight.contains(&p) {
+                    // Being processed: look again once that is committed.
+                    deferred.push(p);
+                    continue;
+                }
+                inflight.insert(p.clone());
+            }
+            match self.work_tx.try_send(p) {
+                Ok(()) => {}
+                Err(e) => {
+                    let p = e.into_inner();
+                    self.shared.release(&p);
+                    ready.push_front(p);
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        for p in deferred {
+            let obs = settle::observe(&p);
+            settler.offer(p, obs, now);
+        }
+    }
+
+    /// Starts a scan of `dir` on the blocking pool unless one is running.
+    fn start_scan(&self, dir: PathBuf, scanning: &Arc<AtomicBool>, check_deleted: bool) -> bool {
+        if scanning.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let scanning = scanning.clone();
+        let tx = self.intake_tx.clone();
+        let write_tx = self.write_tx.clone();
+        let shared = self.shared.clone();
+        let (db, follow, root) = (self.cfg.db.clone(), self.cfg.follow_symlinks, self.root.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = reconcile(&root, &dir, &db, follow, check_deleted, &tx, &write_tx, &shared) {
+                tracing::warn!("scan of {} stopped: {e:#}", dir.display());
+            }
+            scanning.store(false, Ordering::SeqCst);
+        });
+        true
+    }
+}
+
+fn in_ignored_dir(root: &Path, p: &Path) -> bool {
+    p.strip_prefix(root)
+        .ok()
+        .and_then(|rel| rel.parent())
+        .is_some_and(|parent| parent.components().any(|c| scan::is_ignored_name(c.as_os_str())))
+}
+
+/// Walks `dir`, offering every file the database does not already hold as it
+/// is now (same size and mtime); then, if asked, records as deleted the paths
+/// under `root` that are gone.
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    root: &Path,
+    dir: &Path,
+    db: &Path,
+    follow: bool,
+    check_deleted: bool,
+    tx: &mpsc::Sender<IntakeMsg>,
+    write_tx: &crossbeam_channel::Sender<WriteMsg>,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let store = Store::open_ro(db)?;
+    let started = Instant::now();
+    let (mut files, mut offered, mut symlinks, mut problems) = (0u64, 0u64, 0u64, 0u64);
+    let walker = walkdir::WalkDir::new(dir)
+        .follow_links(follow)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !scan::is_ignored_name(e.file_name()));
+    for entry in walker {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                problems += 1;
+                tracing::warn!("while scanning: {e}");
+                continue;
+            }
+        };
+        let ft = entry.file_type();
+        if ft.is_symlink() {
+            symlinks += 1;
+            tracing::debug!("{}: symlink not followed (use --follow-symlinks)", path_text(entry.path()));
+            continue;
+        }
+        if !ft.is_file() {
+            continue;
+        }
+        files += 1;
+        let Ok(meta) = entry.metadata() else { continue };
+        let text = path_text(entry.path());
+        let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+        if let Some(state) = store.file_state(&text)?
+            && state.status != "deleted"
+            && state.size == Some(meta.len() as i64)
+            && state.mtime_ns == Some(mtime_ns)
+        {
+            continue;
+        }
+        offered += 1;
+        if tx.blocking_send(IntakeMsg::Candidate(entry.into_path())).is_err() {
+            return Ok(());
+        }
+    }
+    let mut deleted = 0u64;
+    if check_deleted {
+        for p in store.live_paths_under(&path_text(root))? {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let path = PathBuf::from(&p);
+            if std::fs::symlink_metadata(&path).is_err() && std::fs::symlink_metadata(unescape(&p)).is_err() {
+                deleted += 1;
+                if write_tx.send(WriteMsg::Outcomes(vec![(Outcome::Deleted { path: p }, Vec::new())])).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    tracing::info!(
+        folder = %dir.display(),
+        files, new_or_changed = offered, deleted, symlinks_skipped = symlinks, problems,
+        ms = started.elapsed().as_millis() as u64,
+        "scan finished"
+    );
+    Ok(())
+}
+
+/// Inverse of [`path_text`]'s `\xNN` escaping.
+fn unescape(text: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1] == b'x'
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("zz"), 16)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}

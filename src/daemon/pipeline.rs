@@ -1,0 +1,409 @@
+//! The CPU side of the daemon: workers (read, hash, decode, preprocess), the
+//! batcher (one engine), and the writer (one SQLite connection).
+//!
+//! ```text
+//! intake ──paths (bounded)──▶ workers ×N ──jobs (bounded)──▶ batcher ──▶ writer ──▶ SQLite
+//!                               └──────── known / failed outcomes ─────────┘
+//! ```
+//!
+//! Exactly once: a path is "in flight" from dispatch until the writer commits
+//! its row, so the intake never hands it out twice; a content hash is in the
+//! [`Registry`] from the moment a worker claims it until its prediction is
+//! committed, so the same bytes under a second name wait for that result instead
+//! of being classified again.
+
+use super::Shared;
+use crate::engine::Classifier;
+use crate::model::LoadedModel;
+use crate::predict::top_k;
+use crate::preprocess::{DecodeLimits, preprocess_bytes};
+use crate::store::{FileMeta, Outcome, PredictionRow, Store, path_text};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Content hashes being classified, with the other paths waiting on them.
+#[derive(Default)]
+pub struct Registry {
+    waiting: HashMap<String, Vec<(PathBuf, FileMeta)>>,
+}
+
+/// A decoded image on its way to the engine.
+pub struct Job {
+    pub path: PathBuf,
+    pub file: FileMeta,
+    pub hash: String,
+    pub tensor: Vec<f32>,
+}
+
+/// What the writer receives.
+pub enum WriteMsg {
+    Outcomes(Vec<(Outcome, Vec<PathBuf>)>),
+}
+
+pub struct WorkerContext {
+    pub shared: Arc<Shared>,
+    pub model: Arc<LoadedModel>,
+    pub limits: DecodeLimits,
+    pub follow_symlinks: bool,
+    pub db_path: PathBuf,
+    /// Decode errors of a file modified less than this ago are retried later
+    /// instead of recorded: it may still be being written.
+    pub young: Duration,
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
+}
+
+/// One worker thread: takes paths until the queue closes or shutdown starts.
+pub fn worker_loop(ctx: Arc<WorkerContext>, paths: Receiver<PathBuf>, jobs: Sender<Job>, writes: Sender<WriteMsg>) {
+    let store = match Store::open_ro(&ctx.db_path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("worker cannot open the database: {e}");
+            return;
+        }
+    };
+    while !ctx.shared.stopping.load(Ordering::SeqCst) {
+        let path = match paths.recv_timeout(Duration::from_millis(100)) {
+            Ok(p) => p,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        ctx.shared.decoding.fetch_add(1, Ordering::SeqCst);
+        let result = process(&ctx, &store, &path, &jobs, &writes);
+        ctx.shared.decoding.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = result {
+            tracing::error!("{}: {e}", path_text(&path));
+            ctx.shared.release(&path);
+        }
+    }
+}
+
+fn send_write(writes: &Sender<WriteMsg>, outcome: Outcome, paths: Vec<PathBuf>) {
+    // The writer outlives every worker; a send error means shutdown raced us
+    // and the file will simply be found again by the next start-up scan.
+    let _ = writes.send(WriteMsg::Outcomes(vec![(outcome, paths)]));
+}
+
+fn process(
+    ctx: &WorkerContext,
+    store: &Store,
+    path: &Path,
+    jobs: &Sender<Job>,
+    writes: &Sender<WriteMsg>,
+) -> Result<(), crate::store::StoreError> {
+    let shared = &ctx.shared;
+    let text = path_text(path);
+    let meta = match if ctx.follow_symlinks { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) } {
+        Ok(m) => m,
+        Err(_) => {
+            // Gone since it settled: the deletion is recorded by the intake.
+            shared.release(path);
+            return Ok(());
+        }
+    };
+    if !meta.is_file() {
+        tracing::debug!("{text}: not a regular file, skipped");
+        shared.release(path);
+        return Ok(());
+    }
+    let file = FileMeta { path: text.clone(), size: meta.len() as i64, mtime_ns: mtime_ns(&meta) };
+    if let Some(state) = store.file_state(&text)?
+        && state.status != "deleted"
+        && state.size == Some(file.size)
+        && state.mtime_ns == Some(file.mtime_ns)
+    {
+        shared.release(path);
+        shared.stats.skipped.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    if meta.len() > ctx.limits.max_file_bytes {
+        let message = format!("file is {} bytes, over the limit of {} bytes", meta.len(), ctx.limits.max_file_bytes);
+        send_write(writes, Outcome::Failed { file, content_hash: None, kind: "too_large".into(), message }, vec![path.into()]);
+        return Ok(());
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            shared.release(path);
+            return Ok(());
+        }
+        Err(e) => {
+            let message = format!("cannot read the file: {e}");
+            send_write(writes, Outcome::Failed { file, content_hash: None, kind: "unreadable".into(), message }, vec![path.into()]);
+            return Ok(());
+        }
+    };
+    if bytes.len() as u64 != meta.len() {
+        // Changed while we read it: let it settle again.
+        shared.release(path);
+        shared.requeue(path);
+        return Ok(());
+    }
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+
+    {
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(waiters) = reg.waiting.get_mut(&hash) {
+            waiters.push((path.to_path_buf(), file));
+            return Ok(());
+        }
+        if store.has_prediction(&hash, &ctx.model.sha256)? {
+            drop(reg);
+            send_write(writes, Outcome::Known { content_hash: hash, file }, vec![path.into()]);
+            shared.stats.known.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        reg.waiting.insert(hash.clone(), Vec::new());
+    }
+
+    let spec = &ctx.model.spec.preprocess;
+    let mut tensor = vec![0.0f32; spec.tensor_len()];
+    let started = Instant::now();
+    let decoded = preprocess_bytes(&bytes, spec, &ctx.limits, &mut tensor);
+    shared.stats.decode_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    drop(bytes);
+    match decoded {
+        Ok(()) => {
+            if jobs.send(Job { path: path.to_path_buf(), file, hash: hash.clone(), tensor }).is_err() {
+                // Shutting down: leave the file for the next start.
+                let waiters = shared.forget_hash(&hash);
+                shared.release(path);
+                for (p, _) in waiters {
+                    shared.release(&p);
+                }
+            }
+        }
+        Err(e) => {
+            let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or(Duration::MAX);
+            if e.kind() == "corrupt" && age < ctx.young {
+                // Possibly still being written by a slow writer that paused
+                // longer than the settle interval: look again later.
+                tracing::debug!("{text}: {e}; modified {age:?} ago, will look again");
+                let waiters = shared.forget_hash(&hash);
+                shared.release(path);
+                shared.requeue(path);
+                for (p, _) in waiters {
+                    shared.release(&p);
+                    shared.requeue(&p);
+                }
+                return Ok(());
+            }
+            send_write(
+                writes,
+                Outcome::Failed { file, content_hash: Some(hash), kind: e.kind().into(), message: e.to_string() },
+                vec![path.into()],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The batcher: gathers jobs into batches (up to `max_batch`, waiting at most
+/// `max_wait` for stragglers, and not at all when nothing else is on its way),
+/// runs the engine, and hands the results to the writer.
+pub fn batcher_loop(
+    shared: Arc<Shared>,
+    model: Arc<LoadedModel>,
+    mut engine: Box<dyn Classifier>,
+    max_batch: usize,
+    max_wait: Duration,
+    jobs: Receiver<Job>,
+    writes: Sender<WriteMsg>,
+) {
+    let backend = engine.backend().as_str().to_string();
+    let per_image = model.spec.preprocess.tensor_len();
+    let size = model.spec.preprocess.size as usize;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + max_wait;
+        while batch.len() < max_batch {
+            match jobs.try_recv() {
+                Ok(j) => {
+                    batch.push(j);
+                    continue;
+                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break,
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            // Wait only if a worker is decoding something that could join.
+            if shared.decoding.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match jobs.recv_timeout(deadline - now) {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let n = batch.len();
+        let mut input = ndarray::Array4::<f32>::zeros((n, 3, size, size));
+        if let Some(flat) = input.as_slice_mut() {
+            for (i, job) in batch.iter().enumerate() {
+                flat[i * per_image..(i + 1) * per_image].copy_from_slice(&job.tensor);
+            }
+        }
+        let started = Instant::now();
+        let result = engine.run(input.view());
+        let elapsed = started.elapsed();
+        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+        shared.stats.infer_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        tracing::debug!(batch = n, ms = elapsed.as_secs_f64() * 1e3, "batch classified");
+        let per_ms = elapsed.as_secs_f64() * 1e3 / n as f64;
+        let outcomes = match result {
+            Ok(out) => batch
+                .into_iter()
+                .enumerate()
+                .map(|(i, job)| {
+                    let row: Vec<f32> = out.row(i).to_vec();
+                    let prediction = PredictionRow {
+                        content_hash: job.hash,
+                        model_sha256: model.sha256.clone(),
+                        top5: top_k(&model.spec, &row, 5),
+                        backend: backend.clone(),
+                        inference_ms: per_ms,
+                    };
+                    (Outcome::Classified { prediction, files: vec![job.file] }, vec![job.path])
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!("inference failed for a batch of {n}: {e}");
+                batch
+                    .into_iter()
+                    .map(|job| {
+                        (
+                            Outcome::Failed {
+                                file: job.file,
+                                content_hash: Some(job.hash),
+                                kind: "inference".into(),
+                                message: e.to_string(),
+                            },
+                            vec![job.path],
+                        )
+                    })
+                    .collect()
+            }
+        };
+        if writes.send(WriteMsg::Outcomes(outcomes)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The writer: one connection, one transaction per gathered batch. On a write
+/// failure (disk full, a lock held too long) the batch is kept and retried, and
+/// the bounded queues upstream make the whole intake wait.
+pub fn writer_loop(shared: Arc<Shared>, mut store: Store, writes: Receiver<WriteMsg>) {
+    while let Ok(first) = writes.recv() {
+        let mut items = Vec::new();
+        let WriteMsg::Outcomes(v) = first;
+        items.extend(v);
+        while items.len() < 256 {
+            match writes.try_recv() {
+                Ok(WriteMsg::Outcomes(v)) => items.extend(v),
+                Err(_) => break,
+            }
+        }
+        commit_with_retry(&shared, &mut store, items);
+    }
+}
+
+fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Vec<PathBuf>)>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // The registry stays locked across the commit so that no worker can see
+        // "not in flight" and "not in the database" for the same content.
+        let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut paths: Vec<PathBuf> = Vec::new();
+        let mut hashes = Vec::new();
+        for (outcome, ps) in &items {
+            paths.extend(ps.iter().cloned());
+            let mut outcome = outcome.clone();
+            match &mut outcome {
+                Outcome::Classified { prediction, files } => {
+                    if let Some(waiters) = reg.waiting.get(&prediction.content_hash) {
+                        for (p, f) in waiters {
+                            files.push(f.clone());
+                            paths.push(p.clone());
+                        }
+                    }
+                    hashes.push(prediction.content_hash.clone());
+                }
+                Outcome::Failed { content_hash: Some(h), kind, message, .. } => {
+                    if let Some(waiters) = reg.waiting.get(h) {
+                        for (p, f) in waiters {
+                            outcomes.push(Outcome::Failed {
+                                file: f.clone(),
+                                content_hash: Some(h.clone()),
+                                kind: kind.clone(),
+                                message: message.clone(),
+                            });
+                            paths.push(p.clone());
+                        }
+                    }
+                    hashes.push(h.clone());
+                }
+                _ => {}
+            }
+            outcomes.push(outcome);
+        }
+        match store.commit(&outcomes) {
+            Ok(()) => {
+                for h in &hashes {
+                    reg.waiting.remove(h);
+                }
+                drop(reg);
+                for o in &outcomes {
+                    match o {
+                        Outcome::Classified { files, .. } => {
+                            shared.stats.classified.fetch_add(1, Ordering::Relaxed);
+                            shared.stats.recorded.fetch_add(files.len() as u64, Ordering::Relaxed);
+                        }
+                        Outcome::Failed { kind, .. } => {
+                            shared.stats.failed.fetch_add(1, Ordering::Relaxed);
+                            shared.stats.count_error(kind);
+                        }
+                        _ => {}
+                    }
+                }
+                for p in &paths {
+                    shared.release(p);
+                }
+                if backoff > Duration::from_millis(200) {
+                    tracing::info!("database writes work again; resuming");
+                }
+                return;
+            }
+            Err(e) => {
+                drop(reg);
+                tracing::error!(
+                    "cannot write {} results to the database, keeping them and retrying in {:?}: {e}",
+                    outcomes.len(),
+                    backoff
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Removes a hash from the registry, returning the paths that waited on it.
+    pub fn forget_hash(&self, hash: &str) -> Vec<(PathBuf, FileMeta)> {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.waiting.remove(hash).unwrap_or_default()
+    }
+}
+
+pub type SharedRegistry = Mutex<Registry>;

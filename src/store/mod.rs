@@ -1,0 +1,351 @@
+//! The SQLite store: one writer, many readers.
+//!
+//! Layout and example queries are documented in the README. Rules this module
+//! keeps:
+//! - WAL mode and a busy timeout, so `query` and `sqlite3` read while the
+//!   daemon writes, and a writer waits for another's transaction instead of failing;
+//! - a file's row is written in the same transaction as its prediction, so
+//!   "done" is never recorded without a result;
+//! - every statement binds its parameters; no SQL is built from user input.
+
+pub mod query;
+pub mod schema;
+
+use crate::model::LoadedModel;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "database {path} has schema version {found}, newer than this program understands ({supported}); upgrade instrument-detector"
+    )]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("database {0} does not exist (has the daemon run yet? pass --db to point at another)")]
+    Missing(PathBuf),
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Current time as RFC 3339 UTC with milliseconds; sorts as text.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A path as stored and printed: UTF-8 as is, other bytes escaped as `\xNN`
+/// (so the text is lossless and two distinct names never collide in practice).
+pub fn path_text(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let mut out = String::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                match std::str::from_utf8(rest) {
+                    Ok(s) => {
+                        out.push_str(s);
+                        break;
+                    }
+                    Err(e) => {
+                        let (good, bad) = rest.split_at(e.valid_up_to());
+                        out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                        let n = e.error_len().unwrap_or(bad.len()).max(1);
+                        for b in &bad[..n] {
+                            out.push_str(&format!("\\x{b:02x}"));
+                        }
+                        rest = &bad[n..];
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// What the store knows about a path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileState {
+    pub content_hash: Option<String>,
+    pub size: Option<i64>,
+    pub mtime_ns: Option<i64>,
+    pub status: String,
+}
+
+/// Identity of a file on disk at the moment it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileMeta {
+    pub path: String,
+    pub size: i64,
+    pub mtime_ns: i64,
+}
+
+/// One of the top-k classes of a prediction.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Scored {
+    pub label: String,
+    pub confidence: f32,
+}
+
+#[derive(Debug, Clone)]
+pub struct PredictionRow {
+    pub content_hash: String,
+    pub model_sha256: String,
+    pub top5: Vec<Scored>,
+    pub backend: String,
+    pub inference_ms: f64,
+}
+
+/// What the pipeline learnt about one or more files; the writer turns a batch
+/// of these into one transaction.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Newly classified content, and every path that holds it.
+    Classified { prediction: PredictionRow, files: Vec<FileMeta> },
+    /// Content already classified by the current model, found under a path.
+    Known { content_hash: String, file: FileMeta },
+    /// The file could not be classified.
+    Failed { file: FileMeta, content_hash: Option<String>, kind: String, message: String },
+    /// The path no longer exists.
+    Deleted { path: String },
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) for writing, and migrates the schema.
+    pub fn open_rw(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        let mut store = Store { conn, path: path.to_path_buf() };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database read-only (for `query`, `stats`, the scanner).
+    pub fn open_ro(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        let store = Store { conn, path: path.to_path_buf() };
+        let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > schema::latest_version() {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported: schema::latest_version() });
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn configure(&mut self) -> Result<(), StoreError> {
+        // Wait (rather than fail) while another process holds a write lock.
+        self.conn.busy_timeout(Duration::from_secs(60))?;
+        let mode: String = self.conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!("database {} is in {mode} journal mode, not WAL", self.path.display());
+        }
+        // NORMAL is durable across process crashes in WAL mode; only an OS crash
+        // can lose the last transactions, which the next scan then redoes.
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let latest = schema::latest_version();
+        if version > latest {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: version, supported: latest });
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            // PRAGMA takes no bound parameters; the value is our own integer.
+            tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Records a model (idempotent).
+    pub fn register_model(&self, model: &LoadedModel) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO models (sha256, name, labels, metadata, first_used_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (sha256) DO NOTHING",
+            params![
+                model.sha256,
+                model.name(),
+                serde_json::to_string(&model.spec.labels).unwrap_or_default(),
+                serde_json::to_string(&model.spec.metadata).unwrap_or_default(),
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn file_state(&self, path: &str) -> Result<Option<FileState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT content_hash, size, mtime_ns, status FROM files WHERE path = ?1")?;
+        Ok(stmt
+            .query_row([path], |r| {
+                Ok(FileState { content_hash: r.get(0)?, size: r.get(1)?, mtime_ns: r.get(2)?, status: r.get(3)? })
+            })
+            .optional()?)
+    }
+
+    pub fn has_prediction(&self, content_hash: &str, model_sha256: &str) -> Result<bool, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM predictions WHERE content_hash = ?1 AND model_sha256 = ?2")?;
+        Ok(stmt.exists(params![content_hash, model_sha256])?)
+    }
+
+    /// Paths under `root` the store believes exist (for deletion checks).
+    pub fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = if root.ends_with('/') { root.to_string() } else { format!("{root}/") };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT path FROM files WHERE status <> 'deleted' AND substr(path, 1, length(?1)) = ?1",
+        )?;
+        let rows = stmt.query_map([prefix], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Writes a batch of outcomes in one transaction.
+    pub fn commit(&mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
+        let now = now();
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert_file = tx.prepare_cached(
+                "INSERT INTO files (path, content_hash, size, mtime_ns, status, error_kind, error, first_seen_at, classified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT (path) DO UPDATE SET
+                    content_hash = excluded.content_hash, size = excluded.size, mtime_ns = excluded.mtime_ns,
+                    status = excluded.status, error_kind = excluded.error_kind, error = excluded.error,
+                    classified_at = excluded.classified_at, deleted_at = NULL",
+            )?;
+            let mut insert_prediction = tx.prepare_cached(
+                "INSERT INTO predictions (content_hash, model_sha256, label, confidence, top5, backend, inference_ms, classified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (content_hash, model_sha256) DO UPDATE SET
+                    label = excluded.label, confidence = excluded.confidence, top5 = excluded.top5,
+                    backend = excluded.backend, inference_ms = excluded.inference_ms,
+                    classified_at = excluded.classified_at",
+            )?;
+            let mut delete_file = tx.prepare_cached(
+                "UPDATE files SET status = 'deleted', deleted_at = ?2 WHERE path = ?1 AND status <> 'deleted'",
+            )?;
+            let ok: Option<&str> = None;
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Classified { prediction, files } => {
+                        let top = prediction.top5.first().cloned().unwrap_or(Scored { label: String::new(), confidence: 0.0 });
+                        insert_prediction.execute(params![
+                            prediction.content_hash,
+                            prediction.model_sha256,
+                            top.label,
+                            top.confidence as f64,
+                            serde_json::to_string(&prediction.top5).unwrap_or_default(),
+                            prediction.backend,
+                            prediction.inference_ms,
+                            now
+                        ])?;
+                        for f in files {
+                            upsert_file.execute(params![f.path, prediction.content_hash, f.size, f.mtime_ns, "ok", ok, ok, now])?;
+                        }
+                    }
+                    Outcome::Known { content_hash, file: f } => {
+                        upsert_file.execute(params![f.path, content_hash, f.size, f.mtime_ns, "ok", ok, ok, now])?;
+                    }
+                    Outcome::Failed { file: f, content_hash, kind, message } => {
+                        upsert_file.execute(params![f.path, content_hash, f.size, f.mtime_ns, "error", kind, message, now])?;
+                    }
+                    Outcome::Deleted { path } => {
+                        delete_file.execute(params![path, now])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_paths_are_escaped_losslessly() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"/w/caf\xe9 \xff.jpg"));
+        assert_eq!(path_text(p), "/w/caf\\xe9 \\xff.jpg");
+        assert_eq!(path_text(Path::new("/w/violin é.jpg")), "/w/violin é.jpg");
+    }
+
+    fn meta(path: &str) -> FileMeta {
+        FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
+    }
+
+    #[test]
+    fn migrations_and_the_results_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let mut store = Store::open_rw(&db).unwrap();
+        store.conn.execute(
+            "INSERT INTO models (sha256, name, labels, metadata, first_used_at) VALUES ('m', 'm.onnx', '[]', '{}', 'now')",
+            [],
+        ).unwrap();
+        let pred = PredictionRow {
+            content_hash: "h1".into(),
+            model_sha256: "m".into(),
+            top5: vec![Scored { label: "violin".into(), confidence: 0.9 }],
+            backend: "tract".into(),
+            inference_ms: 1.0,
+        };
+        store
+            .commit(&[
+                Outcome::Classified { prediction: pred, files: vec![meta("/w/a.jpg"), meta("/w/b.jpg")] },
+                Outcome::Failed { file: meta("/w/bad.jpg"), content_hash: None, kind: "empty".into(), message: "the file is empty".into() },
+            ])
+            .unwrap();
+        store.commit(&[Outcome::Deleted { path: "/w/b.jpg".into() }]).unwrap();
+        drop(store);
+        // Reopening runs no migration twice.
+        let store = Store::open_rw(&db).unwrap();
+        let rows: Vec<(String, String, Option<String>)> = store
+            .conn
+            .prepare("SELECT path, status, label FROM results ORDER BY path")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("/w/a.jpg".into(), "ok".into(), Some("violin".into())),
+                ("/w/bad.jpg".into(), "error".into(), None)
+            ]
+        );
+        assert!(store.has_prediction("h1", "m").unwrap());
+        assert_eq!(store.live_paths_under("/w").unwrap().len(), 2);
+        let v: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, schema::latest_version());
+    }
+}
