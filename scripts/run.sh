@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up on a fresh Debian machine with Rust, then runs the daemon
+# on watch/ with the shipped model. Extra arguments go to `watch`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-python.sh >/dev/null
+source scripts/env.sh
+cargo build --release --bin instrument-detector
+exec target/release/instrument-detector watch watch/ "$@"

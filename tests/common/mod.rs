@@ -1,0 +1,147 @@
+//! Helpers for tests that start the real binary.
+#![allow(dead_code)]
+
+use instrument_detector::testkit;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_instrument-detector");
+
+/// A temporary workspace: a watched folder, a database and the colour model.
+pub struct Setup {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub db: PathBuf,
+    pub model: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("watch");
+        std::fs::create_dir(&dir).unwrap();
+        let model = tmp.path().join("color.onnx");
+        std::fs::write(&model, testkit::color_model(32)).unwrap();
+        let db = tmp.path().join("results.db");
+        Setup { dir: std::fs::canonicalize(&dir).unwrap(), db, model, tmp }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args);
+        c
+    }
+
+    /// Starts `watch` on the tract backend with a short settle interval.
+    pub fn start(&self, extra: &[&str]) -> Daemon {
+        let log = self.tmp.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("watch")
+            .arg(&self.dir)
+            .arg("--db")
+            .arg(&self.db)
+            .arg("--model")
+            .arg(&self.model)
+            .args(["--backend", "tract", "--settle-ms", "300", "--reconcile-secs", "2"])
+            .args(extra)
+            .env("RUST_LOG", "instrument_detector=debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("starting the daemon");
+        Daemon { child: Some(child), log }
+    }
+
+    /// Runs `query --format json` and returns the parsed rows.
+    pub fn query(&self, extra: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.cmd(&["query", "--format", "json", "--db"]).arg(&self.db).args(extra).output().unwrap();
+        assert!(out.status.success(), "query failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("query JSON")
+    }
+
+    /// Number of rows in `files` with a final status, read directly.
+    pub fn count(&self, sql: &str) -> i64 {
+        if !self.db.exists() {
+            return 0;
+        }
+        let conn = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+    }
+
+    pub fn write_image(&self, rel: &str, label: &str, format: image::ImageFormat, seed: u32) -> PathBuf {
+        let p = self.dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        testkit::write_color_image(&p, label, format, seed).unwrap();
+        p
+    }
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGINT, then waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGINT);
+        let mut c = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("daemon did not stop within 60 s after SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` until it holds or `secs` pass.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}
+
+pub fn is_settled(path: &Path) -> bool {
+    path.exists()
+}
