@@ -10,6 +10,10 @@ use std::process::ExitCode;
 
 /// Watches a folder of photos, says which musical instrument each one shows,
 /// and keeps the answers in a SQLite database you can query.
+///
+/// Every subcommand also takes `--config FILE`: a TOML file with the same keys
+/// as the flags (top-level keys for `watch`, a `[query]`, `[stats]`, ... table for
+/// the others). Flags typed on the command line win.
 #[derive(Parser, Debug)]
 #[command(name = "instrument-detector", version, about, long_about = None, max_term_width = 100)]
 struct Cli {
@@ -67,6 +71,8 @@ enum Command {
     Classify(commands::classify::ClassifyArgs),
     /// Accuracy on a labelled folder tree (DIR/<class>/<image>).
     Evaluate(commands::classify::EvaluateArgs),
+    /// Redo results made by other models (e.g. after retraining).
+    Reclassify(commands::reclassify::ReclassifyArgs),
 }
 
 fn init_logging(verbose: u8, quiet: bool, default: &str) {
@@ -89,7 +95,14 @@ fn init_logging(verbose: u8, quiet: bool, default: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args = match commands::config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     let default_level = if matches!(cli.command, Command::Watch(_)) { "info" } else { "warn" };
     init_logging(cli.verbose, cli.quiet, default_level);
     let result: Result<ExitCode> = match cli.command {
@@ -98,6 +111,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => commands::query::stats(a),
         Command::Classify(a) => commands::classify::classify(a),
         Command::Evaluate(a) => commands::classify::evaluate(a),
+        Command::Reclassify(a) => commands::reclassify::run(a),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,9 @@
 //! formats the answer for a person or a program.
 
 pub mod classify;
+pub mod config;
 pub mod query;
+pub mod reclassify;
 pub mod watch;
 
 use std::path::PathBuf;
