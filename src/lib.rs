@@ -17,3 +17,4 @@ pub mod daemon;
 pub mod predict;
 pub mod batch;
 pub mod output;
+pub mod quantize;

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 /// as the flags (top-level keys for `watch`, a `[query]`, `[stats]`, ... table for
 /// the others). Flags typed on the command line win.
 #[derive(Parser, Debug)]
-#[command(name = "instrument-detector", version, about, long_about = None, max_term_width = 100)]
+#[command(name = "instrument-detector", version, about, long_about = None, max_term_width = 100, args_override_self = true)]
 struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -62,17 +62,26 @@ impl ModelArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Watch a folder and classify every photo put into it, exactly once.
+    #[command(args_override_self = true)]
     Watch(commands::watch::WatchArgs),
     /// List results from the database.
+    #[command(args_override_self = true)]
     Query(commands::query::QueryArgs),
     /// Counts per label, errors by kind, the models and backends used.
+    #[command(args_override_self = true)]
     Stats(commands::query::StatsArgs),
     /// Classify files or folders now, without a database; prints the top-k.
+    #[command(args_override_self = true)]
     Classify(commands::classify::ClassifyArgs),
     /// Accuracy on a labelled folder tree (DIR/<class>/<image>).
+    #[command(args_override_self = true)]
     Evaluate(commands::classify::EvaluateArgs),
     /// Redo results made by other models (e.g. after retraining).
+    #[command(args_override_self = true)]
     Reclassify(commands::reclassify::ReclassifyArgs),
+    /// What the running daemon is doing: counts, queues, speed.
+    #[command(args_override_self = true)]
+    Status(commands::status::StatusArgs),
 }
 
 fn init_logging(verbose: u8, quiet: bool, default: &str) {
@@ -112,6 +121,7 @@ fn main() -> ExitCode {
         Command::Classify(a) => commands::classify::classify(a),
         Command::Evaluate(a) => commands::classify::evaluate(a),
         Command::Reclassify(a) => commands::reclassify::run(a),
+        Command::Status(a) => commands::status::run(a),
     };
     match result {
         Ok(code) => code,

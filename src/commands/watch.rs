@@ -47,6 +47,14 @@ pub struct WatchArgs {
     /// Most candidates the intake holds at once (bounds memory during bursts).
     #[arg(long, default_value = "4096", value_name = "N")]
     queue: usize,
+    /// Serve Prometheus /metrics and /healthz on this address (e.g.
+    /// 127.0.0.1:9464). Off by default; keep it on localhost unless you mean it.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
+    /// Also hard-link (or copy, across file systems) each classified photo into
+    /// DIR/<label>/. Originals are never moved or altered.
+    #[arg(long, value_name = "DIR")]
+    organize: Option<PathBuf>,
 }
 
 pub fn run(a: WatchArgs) -> Result<ExitCode> {
@@ -75,6 +83,8 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
         follow_symlinks: a.follow_symlinks,
         limits,
         queue: a.queue,
+        metrics: a.metrics,
+        organize: a.organize,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {

@@ -15,6 +15,8 @@
 //! 0. A second signal exits at once. Nothing is lost either way: a file without
 //! a committed row is found again by the next start-up scan.
 
+pub mod metrics;
+pub mod organize;
 pub mod pipeline;
 pub mod scan;
 pub mod settle;
@@ -53,11 +55,18 @@ pub struct WatchConfig {
     pub limits: DecodeLimits,
     /// Bound on candidates held by the intake (pending settle + ready).
     pub queue: usize,
+    /// Serve `/metrics` and `/healthz` here (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Hard-link (or copy) each classified photo into `DIR/<label>/`.
+    pub organize: Option<PathBuf>,
 }
 
 /// Counters for logs, `status` and metrics.
-#[derive(Default)]
 pub struct Stats {
+    pub intake_depth: AtomicU64,
+    pub batch_sizes: metrics::Histogram,
+    pub decode_seconds: metrics::Histogram,
+    pub infer_seconds: metrics::Histogram,
     pub seen: AtomicU64,
     pub skipped: AtomicU64,
     pub known: AtomicU64,
@@ -68,6 +77,27 @@ pub struct Stats {
     pub decode_ns: AtomicU64,
     pub infer_ns: AtomicU64,
     pub errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            intake_depth: AtomicU64::new(0),
+            batch_sizes: metrics::Histogram::new(metrics::BATCH_BUCKETS),
+            decode_seconds: metrics::Histogram::new(metrics::LATENCY_BUCKETS),
+            infer_seconds: metrics::Histogram::new(metrics::LATENCY_BUCKETS),
+            seen: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            known: AtomicU64::new(0),
+            classified: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            decode_ns: AtomicU64::new(0),
+            infer_ns: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
 }
 
 impl Stats {
@@ -98,6 +128,9 @@ pub struct Shared {
     pub inflight: Mutex<HashSet<PathBuf>>,
     /// Set when events may have been lost; the intake then rescans.
     pub rescan: AtomicBool,
+    /// Set when the watcher ran out of inotify watches at run time: events
+    /// no longer cover every folder, so the intake polls from then on.
+    pub watches_exhausted: AtomicBool,
     pub stats: Stats,
     requeue_tx: mpsc::Sender<IntakeMsg>,
 }
@@ -195,6 +228,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         registry: Mutex::new(Registry::default()),
         inflight: Mutex::new(HashSet::new()),
         rescan: AtomicBool::new(false),
+        watches_exhausted: AtomicBool::new(false),
         stats: Stats::default(),
         requeue_tx: intake_tx.clone(),
     });
@@ -207,7 +241,12 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
 
     let writer = {
         let shared = shared.clone();
-        std::thread::Builder::new().name("writer".into()).spawn(move || pipeline::writer_loop(shared, store, write_rx))?
+        {
+            let organizer = cfg.organize.clone().map(|d| organize::Organizer::new(d, model.spec.labels.clone()));
+            std::thread::Builder::new()
+                .name("writer".into())
+                .spawn(move || pipeline::writer_loop(shared, store, write_rx, organizer))?
+        }
     };
     let batcher = {
         let (shared, model, write_tx) = (shared.clone(), model.clone(), write_tx.clone());
@@ -233,7 +272,34 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
                 .spawn(move || pipeline::worker_loop(ctx, rx, jobs, writes))?,
         );
     }
+    let job_tx_monitor = job_tx.clone();
     drop((work_rx, job_tx));
+
+    let monitor = Arc::new(metrics::Monitor {
+        stats: shared.clone(),
+        started_at: crate::store::now(),
+        folder: dir.clone(),
+        db: cfg.db.clone(),
+        model: model.name(),
+        model_sha256: model.sha256.clone(),
+        backend: backend.as_str().to_string(),
+        queues: metrics::Queues { workers: work_tx.clone(), batcher: job_tx_monitor, writer: write_tx.clone() },
+    });
+    let status_task = tokio::spawn(metrics::write_status_forever(monitor.clone()));
+    let metrics_task = match cfg.metrics {
+        Some(addr) => {
+            let listener_monitor = monitor.clone();
+            // Bind now so a bad address fails at start-up, not later.
+            let probe = std::net::TcpListener::bind(addr).with_context(|| format!("cannot serve metrics on {addr}"))?;
+            drop(probe);
+            Some(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(addr, listener_monitor).await {
+                    tracing::error!("metrics server stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
 
     // Events.
     let mut poll = cfg.poll;
@@ -241,9 +307,8 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         match start_watcher(&dir, intake_tx.clone(), shared.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
-                let fallback = Duration::from_secs(10);
-                tracing::error!("{e}; falling back to polling every {}s", fallback.as_secs());
-                poll = Some(fallback);
+                tracing::error!("{e}; falling back to polling every {}s", POLL_FALLBACK.as_secs());
+                poll = Some(POLL_FALLBACK);
                 None
             }
         }
@@ -267,6 +332,13 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
     shared.stopping.store(true, Ordering::SeqCst);
     drop(_watcher);
     drop(write_tx);
+    status_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    // The monitor holds queue senders; drop them so the pipeline can wind down.
+    drop(monitor);
+    let _ = std::fs::remove_file(metrics::status_path(&cfg.db));
     tokio::task::spawn_blocking(move || {
         for h in worker_handles {
             let _ = h.join();
@@ -323,7 +395,13 @@ fn start_watcher(
         }
         Err(e) => {
             if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                tracing::error!("{}", INOTIFY_HINT);
+                // Once: from now on the intake polls (see `Intake::run`).
+                if !shared.watches_exhausted.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        "{INOTIFY_HINT}; new folders are no longer watched, polling every {}s from now on",
+                        POLL_FALLBACK.as_secs()
+                    );
+                }
             } else {
                 tracing::warn!("file watcher error: {e}; rescanning");
             }
@@ -340,6 +418,9 @@ fn start_watcher(
     })?;
     Ok(watcher)
 }
+
+/// How often the folder is scanned when file events cannot be relied on.
+const POLL_FALLBACK: Duration = Duration::from_secs(10);
 
 pub const INOTIFY_HINT: &str = "the system ran out of inotify watches (one is needed per folder); raise the limit with \
 `sudo sysctl fs.inotify.max_user_watches=524288` (persist it in /etc/sysctl.d/), or run with --poll SECS";
@@ -362,7 +443,7 @@ impl Intake {
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let scanning = Arc::new(AtomicBool::new(false));
-        let every = self.poll.unwrap_or(self.cfg.reconcile);
+        let mut every = self.poll.unwrap_or(self.cfg.reconcile);
         let mut next_scan = Instant::now() + every;
         self.start_scan(self.root.clone(), &scanning, true); // start-up reconcile
         loop {
@@ -381,8 +462,13 @@ impl Intake {
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if every > POLL_FALLBACK && self.shared.watches_exhausted.load(Ordering::SeqCst) {
+                        every = POLL_FALLBACK;
+                        next_scan = next_scan.min(now + every);
+                    }
                     ready.extend(settler.poll(now, settle::observe));
                     self.dispatch(&mut ready, &mut settler);
+                    self.shared.stats.intake_depth.store((settler.len() + ready.len()) as u64, Ordering::Relaxed);
                     if self.shared.rescan.load(Ordering::SeqCst) && self.start_scan(self.root.clone(), &scanning, true) {
                         self.shared.rescan.store(false, Ordering::SeqCst);
                     }

@@ -168,6 +168,7 @@ fn process(
     let started = Instant::now();
     let decoded = preprocess_bytes(&bytes, spec, &ctx.limits, &mut tensor);
     shared.stats.decode_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    shared.stats.decode_seconds.observe(started.elapsed().as_secs_f64());
     drop(bytes);
     match decoded {
         Ok(()) => {
@@ -182,9 +183,12 @@ fn process(
         }
         Err(e) => {
             let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or(Duration::MAX);
-            if e.kind() == "corrupt" && age < ctx.young {
-                // Possibly still being written by a slow writer that paused
-                // longer than the settle interval: look again later.
+            // A file still being written by a slow writer that paused longer
+            // than the settle interval looks truncated ("corrupt"), or, if
+            // only created or a few bytes in, "empty" or "not_image" (no full
+            // signature yet): while it is young, look again later instead of
+            // recording an error for a partial state.
+            if matches!(e.kind(), "corrupt" | "empty" | "not_image") && age < ctx.young {
                 tracing::debug!("{text}: {e}; modified {age:?} ago, will look again");
                 let waiters = shared.forget_hash(&hash);
                 shared.release(path);
@@ -257,6 +261,8 @@ pub fn batcher_loop(
         let elapsed = started.elapsed();
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         shared.stats.infer_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        shared.stats.infer_seconds.observe(elapsed.as_secs_f64());
+        shared.stats.batch_sizes.observe(n as f64);
         tracing::debug!(batch = n, ms = elapsed.as_secs_f64() * 1e3, "batch classified");
         let per_ms = elapsed.as_secs_f64() * 1e3 / n as f64;
         let outcomes = match result {
@@ -302,7 +308,12 @@ pub fn batcher_loop(
 /// The writer: one connection, one transaction per gathered batch. On a write
 /// failure (disk full, a lock held too long) the batch is kept and retried, and
 /// the bounded queues upstream make the whole intake wait.
-pub fn writer_loop(shared: Arc<Shared>, mut store: Store, writes: Receiver<WriteMsg>) {
+pub fn writer_loop(
+    shared: Arc<Shared>,
+    mut store: Store,
+    writes: Receiver<WriteMsg>,
+    mut organizer: Option<super::organize::Organizer>,
+) {
     while let Ok(first) = writes.recv() {
         let mut items = Vec::new();
         let WriteMsg::Outcomes(v) = first;
@@ -313,11 +324,15 @@ pub fn writer_loop(shared: Arc<Shared>, mut store: Store, writes: Receiver<Write
                 Err(_) => break,
             }
         }
-        commit_with_retry(&shared, &mut store, items);
+        let committed = commit_with_retry(&shared, &mut store, items);
+        if let Some(org) = organizer.as_mut() {
+            org.place(&committed);
+        }
     }
 }
 
-fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Vec<PathBuf>)>) {
+/// Commits and returns what was committed (waiters included).
+fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Vec<PathBuf>)>) -> Vec<Outcome> {
     let mut backoff = Duration::from_millis(200);
     loop {
         // The registry stays locked across the commit so that no worker can see
@@ -382,7 +397,7 @@ fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Ve
                 if backoff > Duration::from_millis(200) {
                     tracing::info!("database writes work again; resuming");
                 }
-                return;
+                return outcomes;
             }
             Err(e) => {
                 drop(reg);

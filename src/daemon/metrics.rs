@@ -1,0 +1,224 @@
+//! What the daemon is doing, for machines (Prometheus `/metrics`, `/healthz` on
+//! an optional local HTTP port) and for people (`instrument-detector status`,
+//! which reads the status file the daemon rewrites every two seconds).
+
+use super::Stats;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A fixed-bucket histogram with atomic counters (cheap on the hot path).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+/// Latency buckets in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Batch-size buckets.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((v * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {total}");
+    }
+
+    pub fn mean(&self) -> f64 {
+        let n = self.total.load(Ordering::Relaxed);
+        if n == 0 { 0.0 } else { self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6 / n as f64 }
+    }
+}
+
+/// A snapshot for people and for the status file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pid: u32,
+    pub started_at: String,
+    pub updated_at: String,
+    pub folder: String,
+    pub db: String,
+    pub model: String,
+    pub model_sha256: String,
+    pub backend: String,
+    pub files_seen: u64,
+    pub contents_classified: u64,
+    pub files_recorded: u64,
+    pub files_failed: u64,
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
+    pub queue_intake: u64,
+    pub queue_workers: u64,
+    pub queue_batcher: u64,
+    pub queue_writer: u64,
+    pub batches: u64,
+    pub mean_batch_size: f64,
+    pub mean_decode_ms: f64,
+    pub mean_inference_ms_per_batch: f64,
+}
+
+/// Everything the reporters need, shared with the daemon.
+pub struct Monitor {
+    pub stats: Arc<super::Shared>,
+    pub started_at: String,
+    pub folder: PathBuf,
+    pub db: PathBuf,
+    pub model: String,
+    pub model_sha256: String,
+    pub backend: String,
+    pub queues: Queues,
+}
+
+/// Senders kept only to read queue lengths.
+pub struct Queues {
+    pub workers: crossbeam_channel::Sender<PathBuf>,
+    pub batcher: crossbeam_channel::Sender<super::pipeline::Job>,
+    pub writer: crossbeam_channel::Sender<super::pipeline::WriteMsg>,
+}
+
+impl Monitor {
+    fn s(&self) -> &Stats {
+        &self.stats.stats
+    }
+
+    pub fn report(&self) -> StatusReport {
+        let s = self.s();
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StatusReport {
+            pid: std::process::id(),
+            started_at: self.started_at.clone(),
+            updated_at: crate::store::now(),
+            folder: self.folder.display().to_string(),
+            db: self.db.display().to_string(),
+            model: self.model.clone(),
+            model_sha256: self.model_sha256.clone(),
+            backend: self.backend.clone(),
+            files_seen: l(&s.seen),
+            contents_classified: l(&s.classified),
+            files_recorded: l(&s.recorded) + l(&s.known),
+            files_failed: l(&s.failed),
+            errors_by_kind: s.errors.lock().map(|m| m.clone()).unwrap_or_default(),
+            queue_intake: l(&s.intake_depth),
+            queue_workers: self.queues.workers.len() as u64,
+            queue_batcher: self.queues.batcher.len() as u64,
+            queue_writer: self.queues.writer.len() as u64,
+            batches: l(&s.batches),
+            mean_batch_size: s.batch_sizes.mean(),
+            mean_decode_ms: s.decode_seconds.mean() * 1e3,
+            mean_inference_ms_per_batch: s.infer_seconds.mean() * 1e3,
+        }
+    }
+
+    pub fn prometheus(&self) -> String {
+        let r = self.report();
+        let s = self.s();
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter("instrument_detector_files_seen_total", "Files offered to the settle stage.", r.files_seen);
+        counter("instrument_detector_contents_classified_total", "Distinct contents run through the model.", r.contents_classified);
+        counter("instrument_detector_files_recorded_total", "File rows written as ok.", r.files_recorded);
+        counter("instrument_detector_batches_total", "Inference batches run.", r.batches);
+        let _ = writeln!(out, "# HELP instrument_detector_files_failed_total Files recorded as errors, by kind.\n# TYPE instrument_detector_files_failed_total counter");
+        for (k, v) in &r.errors_by_kind {
+            let _ = writeln!(out, "instrument_detector_files_failed_total{{kind=\"{k}\"}} {v}");
+        }
+        let _ = writeln!(out, "# HELP instrument_detector_queue_depth Items waiting in each queue.\n# TYPE instrument_detector_queue_depth gauge");
+        for (q, v) in [("intake", r.queue_intake), ("workers", r.queue_workers), ("batcher", r.queue_batcher), ("writer", r.queue_writer)] {
+            let _ = writeln!(out, "instrument_detector_queue_depth{{queue=\"{q}\"}} {v}");
+        }
+        s.batch_sizes.render("instrument_detector_batch_size", "Images per inference batch.", &mut out);
+        s.decode_seconds.render("instrument_detector_decode_seconds", "Read, decode and preprocess time per image.", &mut out);
+        s.infer_seconds.render("instrument_detector_inference_seconds", "Inference time per batch.", &mut out);
+        let _ = writeln!(
+            out,
+            "# HELP instrument_detector_info The model and backend in use.\n# TYPE instrument_detector_info gauge\ninstrument_detector_info{{backend=\"{}\",model=\"{}\",model_sha256=\"{}\"}} 1",
+            r.backend,
+            r.model.replace(['"', '\\', '\n'], "_"),
+            r.model_sha256
+        );
+        out
+    }
+}
+
+/// The status file beside the database.
+pub fn status_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_os_string();
+    s.push(".status.json");
+    PathBuf::from(s)
+}
+
+/// Rewrites the status file every two seconds (atomically, via rename).
+pub async fn write_status_forever(monitor: Arc<Monitor>) {
+    let path = status_path(&monitor.db);
+    let tmp = path.with_extension("json.tmp");
+    loop {
+        if let Ok(json) = serde_json::to_vec_pretty(&monitor.report())
+            && std::fs::write(&tmp, json).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Serves `/healthz` and `/metrics` on `addr` until the task is dropped.
+pub async fn serve(addr: std::net::SocketAddr, monitor: Arc<Monitor>) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let monitor = monitor.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("/");
+            let (status, ctype, body) = match path {
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", monitor.prometheus()),
+                _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+        });
+    }
+}
