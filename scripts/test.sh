@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh Debian machine with Rust (ONNX Runtime and
-# PyTorch in .venv, the Lite0 weights), then runs the whole test suite:
-# the daemon, the engines, and the training crate.
+# PyTorch in .venv, the Lite0 weights, Debian's chromium for the report test),
+# then runs the whole test suite: the daemon, the engines, the training crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh --training >/dev/null
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+    echo "warning: could not install chromium; the report's browser check will be skipped" >&2
+    export INSTRUMENT_DETECTOR_NO_BROWSER=1
+  fi
+fi
 source scripts/env.sh
 cargo test --release --workspace "$@"

@@ -18,3 +18,4 @@ pub mod predict;
 pub mod batch;
 pub mod output;
 pub mod quantize;
+pub mod report;

@@ -79,6 +79,9 @@ enum Command {
     /// Redo results made by other models (e.g. after retraining).
     #[command(args_override_self = true)]
     Reclassify(commands::reclassify::ReclassifyArgs),
+    /// A static HTML page of the results, with thumbnails grouped by instrument.
+    #[command(args_override_self = true)]
+    Report(commands::report::ReportArgs),
     /// What the running daemon is doing: counts, queues, speed.
     #[command(args_override_self = true)]
     Status(commands::status::StatusArgs),
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => commands::classify::evaluate(a),
         Command::Reclassify(a) => commands::reclassify::run(a),
         Command::Status(a) => commands::status::run(a),
+        Command::Report(a) => commands::report::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod config;
 pub mod query;
 pub mod reclassify;
+pub mod report;
 pub mod status;
 pub mod watch;
 
