@@ -97,3 +97,33 @@ fn metrics_status_and_organize() {
     let out = s.cmd(&["status", "--db"]).arg(&s.db).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "a stopped daemon is reported as not running");
 }
+
+#[test]
+fn a_new_model_file_is_picked_up_and_a_broken_one_refused() {
+    let s = Setup::new();
+    s.write_image("before.png", "red", ImageFormat::Png, 1);
+    let mut d = s.start(&[]);
+    wait_for(30, "first row", || s.count(DONE) == 1);
+    let old_sha = s.query(&[])[0]["model_sha256"].clone();
+
+    // Replace the model file in place (atomically, as a trainer would).
+    let tmp = s.tmp.path().join("new.onnx");
+    std::fs::write(&tmp, instrument_detector::testkit::color_model(16)).unwrap();
+    std::fs::rename(&tmp, &s.model).unwrap();
+    wait_for(30, "the switch", || d.log().contains("switched to the new model"));
+    s.write_image("after.png", "blue", ImageFormat::Png, 2);
+    wait_for(30, "second row", || s.count(DONE) == 2);
+    let rows = s.query(&[]);
+    let after = rows.iter().find(|r| r["path"].as_str().unwrap().ends_with("after.png")).unwrap();
+    assert_ne!(after["model_sha256"], old_sha);
+    assert_eq!(after["label"], "blue");
+
+    // A broken model is refused; the daemon keeps working with the last good one.
+    std::fs::write(s.tmp.path().join("bad.onnx"), b"garbage").unwrap();
+    std::fs::rename(s.tmp.path().join("bad.onnx"), &s.model).unwrap();
+    wait_for(30, "the refusal", || d.log().contains("new model refused"));
+    s.write_image("later.png", "green", ImageFormat::Png, 3);
+    wait_for(30, "third row", || s.count(DONE) == 3);
+    assert_eq!(s.count("SELECT count(*) FROM predictions"), 3, "nothing duplicated");
+    assert!(d.stop().success());
+}

@@ -133,9 +133,23 @@ pub struct Shared {
     pub watches_exhausted: AtomicBool,
     pub stats: Stats,
     requeue_tx: mpsc::Sender<IntakeMsg>,
+    /// The model in use (swapped by the batcher between batches).
+    model: std::sync::RwLock<(Arc<LoadedModel>, engine::Backend)>,
 }
 
 impl Shared {
+    pub fn current_model(&self) -> Arc<LoadedModel> {
+        self.model.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    pub fn current_backend(&self) -> engine::Backend {
+        self.model.read().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    pub fn set_model(&self, model: Arc<LoadedModel>, backend: engine::Backend) {
+        *self.model.write().unwrap_or_else(|e| e.into_inner()) = (model, backend);
+    }
+
     pub fn release(&self, path: &Path) {
         self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
     }
@@ -231,6 +245,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         watches_exhausted: AtomicBool::new(false),
         stats: Stats::default(),
         requeue_tx: intake_tx.clone(),
+        model: std::sync::RwLock::new((model.clone(), backend)),
     });
 
     // Pipeline threads.
@@ -248,16 +263,17 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
                 .spawn(move || pipeline::writer_loop(shared, store, write_rx, organizer))?
         }
     };
+    let (swap_tx, swap_rx) = crossbeam_channel::bounded::<pipeline::ModelSwap>(1);
     let batcher = {
         let (shared, model, write_tx) = (shared.clone(), model.clone(), write_tx.clone());
         let wait = cfg.batch_wait;
         std::thread::Builder::new()
             .name("batcher".into())
-            .spawn(move || pipeline::batcher_loop(shared, model, engine, max_batch, wait, job_rx, write_tx))?
+            .spawn(move || pipeline::batcher_loop(shared, model, engine, max_batch, wait, job_rx, write_tx, swap_rx))?
     };
+    let reload_task = tokio::spawn(watch_model(cfg.clone(), shared.clone(), swap_tx));
     let ctx = Arc::new(pipeline::WorkerContext {
         shared: shared.clone(),
-        model: model.clone(),
         limits: cfg.limits,
         follow_symlinks: cfg.follow_symlinks,
         db_path: cfg.db.clone(),
@@ -333,6 +349,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
     drop(_watcher);
     drop(write_tx);
     status_task.abort();
+    reload_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -355,6 +372,51 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         "stopped cleanly"
     );
     Ok(())
+}
+
+/// Swaps the model when its file changes (checked every 2 s) or on SIGHUP.
+/// A new model is loaded, validated and opened on the same backend choice off
+/// the pipeline; only a model that passes all of that reaches the batcher, so
+/// a broken file is refused and the old model stays.
+async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: crossbeam_channel::Sender<pipeline::ModelSwap>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
+    let mut last = stamp(&cfg.model);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        let now = stamp(&cfg.model);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let (cfg2, current) = (cfg.clone(), shared.current_model().sha256.clone());
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<pipeline::ModelSwap>> {
+            let m = LoadedModel::load(&cfg2.model)?;
+            if m.sha256 == current {
+                return Ok(None);
+            }
+            let (e, _) = engine::open(&m, cfg2.backend, &cfg2.engine)?;
+            Store::open_rw(&cfg2.db)?.register_model(&m)?;
+            Ok(Some((Arc::new(m), e)))
+        })
+        .await;
+        match loaded {
+            Ok(Ok(Some(swap))) => {
+                tracing::info!("new model {} validated; switching after the current batch", swap.0.sha256);
+                if swaps.send(swap).is_err() {
+                    return;
+                }
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!("new model refused, keeping the current one: {e:#}"),
+            Err(e) => tracing::error!("model reload failed: {e}"),
+        }
+    }
 }
 
 /// Sets up the recursive notify watcher. Its callback runs on notify's own

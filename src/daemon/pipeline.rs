@@ -38,7 +38,12 @@ pub struct Job {
     pub file: FileMeta,
     pub hash: String,
     pub tensor: Vec<f32>,
+    /// The model whose preprocessing made `tensor`.
+    pub model_sha256: String,
 }
+
+/// A validated replacement model and its engine, handed to the batcher.
+pub type ModelSwap = (Arc<LoadedModel>, Box<dyn Classifier>);
 
 /// What the writer receives.
 pub enum WriteMsg {
@@ -47,7 +52,6 @@ pub enum WriteMsg {
 
 pub struct WorkerContext {
     pub shared: Arc<Shared>,
-    pub model: Arc<LoadedModel>,
     pub limits: DecodeLimits,
     pub follow_symlinks: bool,
     pub db_path: PathBuf,
@@ -147,6 +151,8 @@ fn process(
         return Ok(());
     }
     let hash = blake3::hash(&bytes).to_hex().to_string();
+    // One model for this file from here on; a swap in between sends it round again.
+    let model = shared.current_model();
 
     {
         let mut reg = shared.registry.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,7 +160,7 @@ fn process(
             waiters.push((path.to_path_buf(), file));
             return Ok(());
         }
-        if store.has_prediction(&hash, &ctx.model.sha256)? {
+        if store.has_prediction(&hash, &model.sha256)? {
             drop(reg);
             send_write(writes, Outcome::Known { content_hash: hash, file }, vec![path.into()]);
             shared.stats.known.fetch_add(1, Ordering::Relaxed);
@@ -163,7 +169,7 @@ fn process(
         reg.waiting.insert(hash.clone(), Vec::new());
     }
 
-    let spec = &ctx.model.spec.preprocess;
+    let spec = &model.spec.preprocess;
     let mut tensor = vec![0.0f32; spec.tensor_len()];
     let started = Instant::now();
     let decoded = preprocess_bytes(&bytes, spec, &ctx.limits, &mut tensor);
@@ -172,7 +178,8 @@ fn process(
     drop(bytes);
     match decoded {
         Ok(()) => {
-            if jobs.send(Job { path: path.to_path_buf(), file, hash: hash.clone(), tensor }).is_err() {
+            let job = Job { path: path.to_path_buf(), file, hash: hash.clone(), tensor, model_sha256: model.sha256.clone() };
+            if jobs.send(job).is_err() {
                 // Shutting down: leave the file for the next start.
                 let waiters = shared.forget_hash(&hash);
                 shared.release(path);
@@ -212,19 +219,42 @@ fn process(
 /// The batcher: gathers jobs into batches (up to `max_batch`, waiting at most
 /// `max_wait` for stragglers, and not at all when nothing else is on its way),
 /// runs the engine, and hands the results to the writer.
+#[allow(clippy::too_many_arguments)]
 pub fn batcher_loop(
     shared: Arc<Shared>,
-    model: Arc<LoadedModel>,
+    mut model: Arc<LoadedModel>,
     mut engine: Box<dyn Classifier>,
     max_batch: usize,
     max_wait: Duration,
     jobs: Receiver<Job>,
     writes: Sender<WriteMsg>,
+    swaps: Receiver<ModelSwap>,
 ) {
-    let backend = engine.backend().as_str().to_string();
-    let per_image = model.spec.preprocess.tensor_len();
-    let size = model.spec.preprocess.size as usize;
-    while let Ok(first) = jobs.recv() {
+    let mut swaps = swaps;
+    loop {
+        // Model changes take effect here, between batches.
+        let first = crossbeam_channel::select! {
+            recv(swaps) -> swap => {
+                match swap {
+                    Ok((m, e)) => {
+                        tracing::info!(model = %m.path.display(), sha256 = &m.sha256[..12], backend = %e.backend(), "switched to the new model");
+                        model = m;
+                        engine = e;
+                        shared.set_model(model.clone(), engine.backend());
+                    }
+                    // No more reloads (shutting down): stop listening for them.
+                    Err(_) => swaps = crossbeam_channel::never(),
+                }
+                continue;
+            }
+            recv(jobs) -> job => match job {
+                Ok(j) => j,
+                Err(_) => break,
+            },
+        };
+        let backend = engine.backend().as_str().to_string();
+        let per_image = model.spec.preprocess.tensor_len();
+        let size = model.spec.preprocess.size as usize;
         let mut batch = vec![first];
         let deadline = Instant::now() + max_wait;
         while batch.len() < max_batch {
@@ -248,6 +278,20 @@ pub fn batcher_loop(
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
+        }
+        // Tensors made for a previous model go round again with the new one.
+        let (batch, stale): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.model_sha256 == model.sha256);
+        for job in stale {
+            let waiters = shared.forget_hash(&job.hash);
+            shared.release(&job.path);
+            shared.requeue(&job.path);
+            for (p, _) in waiters {
+                shared.release(&p);
+                shared.requeue(&p);
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let n = batch.len();
         let mut input = ndarray::Array4::<f32>::zeros((n, 3, size, size));
