@@ -82,6 +82,9 @@ enum Command {
     /// A static HTML page of the results, with thumbnails grouped by instrument.
     #[command(args_override_self = true)]
     Report(commands::report::ReportArgs),
+    /// Write a statically quantised INT8 (QDQ) copy of a model, calibrated on images.
+    #[command(args_override_self = true)]
+    Quantize(commands::quantize::QuantizeArgs),
     /// What the running daemon is doing: counts, queues, speed.
     #[command(args_override_self = true)]
     Status(commands::status::StatusArgs),
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Command::Reclassify(a) => commands::reclassify::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
     };
     match result {
         Ok(code) => code,

@@ -60,7 +60,7 @@ fn config_file_sets_flags_and_typed_flags_win() {
 
 fn http_get(port: u16, path: &str) -> String {
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(sock, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
     let mut body = String::new();
     sock.read_to_string(&mut body).unwrap();
     body

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod quantize;
 pub mod query;
 pub mod reclassify;
 pub mod report;

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# One command that reruns every benchmark, with the peer pipeline in the same
+# run, and prints ratios against it and against the raw model ceiling.
+#
+#   scripts/bench.sh                 # everything (criterion benches included)
+#   BENCH_CRITERION=0 scripts/bench.sh   # skip the criterion micro-benchmarks
+#
+# Environment (all optional):
+#   MODEL        fp32 model (default models/instrument-lite0.onnx; if missing, an
+#                EfficientNet-Lite0-shaped stand-in with random weights is written
+#                to $WORK/standin.onnx and used, and the output says so)
+#   MODEL_INT8   int8 model to compare (default: made by `instrument-detector
+#                quantize` from MODEL if the subcommand exists)
+#   DATA         the instruments dataset (default ../shared/data/instruments)
+#   N224         224 px images in the end-to-end runs (default 1000, from train/)
+#   NPHOTOS      full-size photos generated for the photo runs (default 120)
+#   BATCH        batch size for the peer and for us (default 8: see BENCHMARKS.md)
+#   WORK         scratch folder (default /tmp/instrument-bench)
+#   BENCH_BUILD=0      use the binaries already in target/release (no cargo build)
+#   BENCH_BURST=0      skip the 5,000-file burst
+#
+# Needs: .venv with onnxruntime, numpy, pillow (scripts/setup-python.sh), /usr/bin/time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PY:-$ROOT/.venv/bin/python}
+DATA=${DATA:-$ROOT/../shared/data/instruments}
+PEER=${PEER:-$ROOT/../shared/bench/peer_pipeline.py}
+WORK=${WORK:-/tmp/instrument-bench}
+N224=${N224:-1000}
+NPHOTOS=${NPHOTOS:-120}
+BATCH=${BATCH:-8}
+BIN=$ROOT/target/release/instrument-detector
+mkdir -p "$WORK"
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$(ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | sort -V | tail -1)}
+
+echo "== machine"
+echo "$(date -u +%FT%TZ) $(uname -srm); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)  (other work on the machine skews absolute numbers; compare the ratios)"
+
+if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+    echo "== build (release)"
+    cargo build --release --bins --examples --quiet
+fi
+
+MODEL=${MODEL:-$ROOT/models/instrument-lite0.onnx}
+if [[ ! -f $MODEL ]]; then
+    echo "note: $MODEL not found; using a stand-in with Lite0's architecture and random weights"
+    MODEL=$WORK/standin.onnx
+    [[ -f $MODEL ]] || "$ROOT/target/release/examples/lite0_standin" "$MODEL" "$DATA/test"
+fi
+echo "model: $MODEL ($(sha256sum "$MODEL" | cut -c1-12))"
+
+# Normalisation for the peer, from the model's own metadata.
+read -r MEAN STD SIZE < <("$PY" - "$MODEL" <<'EOF'
+import json, sys, onnxruntime as ort
+m = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+f = lambda k, d: ",".join(str(v) for v in json.loads(m.get(k, json.dumps(d))))
+print(f("mean", [0.485, 0.456, 0.406]), f("std", [0.229, 0.224, 0.225]), m.get("input_size", "224"))
+EOF
+)
+
+# Image sets: N224 dataset images (copies: `classify` skips symbolic links), and generated full-size photos.
+SET224=$WORK/set224-$N224
+if [[ ! -d $SET224 ]]; then
+    mkdir -p "$SET224"
+    find "$DATA/train" -name '*.jpg' | sort | awk -v n="$N224" 'NR <= n' | nl -nrz -w6 | while read -r i f; do cp "$f" "$SET224/$i.jpg"; done
+fi
+PHOTOS=$WORK/photos-$NPHOTOS
+[[ -d $PHOTOS ]] || "$PY" scripts/make_bench_photos.py "$DATA/train" "$PHOTOS" "$NPHOTOS"
+
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+peer() { "$PY" "$PEER" "$MODEL" "$@" --batch "$BATCH" --size "$SIZE" --mean "$MEAN" --std "$STD"; }
+record() { # label, then a JSON line on stdin
+    local label=$1 line
+    line=$(tail -n1)
+    echo "$label $line"
+    echo "{\"label\": \"$label\", \"result\": $line}" >> "$RESULTS"
+}
+# Our one-shot path (`classify`, no database): wall time and peak RSS from /usr/bin/time.
+ours_classify() { # label dir [extra flags]
+    local label=$1 dir=$2; shift 2
+    local n t0 t1 log=$WORK/time-$label.txt
+    n=$(find -L "$dir" -type f | wc -l)
+    t0=$(date +%s.%N)
+    /usr/bin/time -v -o "$log" "$BIN" -q classify --model "$MODEL" --backend ort-cpu --batch-size "$BATCH" --json "$@" "$dir" > /dev/null
+    t1=$(date +%s.%N)
+    local rss; rss=$(awk -F: '/Maximum resident/ {gsub(/ /,"",$2); print $2}' "$log")
+    "$PY" -c "import json;s=$t1-$t0;print(json.dumps({'mode':'classify','images':$n,'seconds':round(s,3),'images_per_s':round($n/s,2),'peak_rss_kb':$rss}))"
+}
+e2e() { # label dir [bench_e2e flags]
+    local label=$1 dir=$2; shift 2
+    "$PY" scripts/bench_e2e.py --bin "$BIN" --model "$MODEL" --images "$dir" --label "$label" \
+        --extra "--batch-size $BATCH" "$@"
+}
+
+echo "== 224 px images ($N224 from train/), batch $BATCH"
+peer "$SET224" --raw | record raw_ceiling
+"$PY" "$PEER" "$MODEL" "$SET224" --raw --batch 16 --size "$SIZE" | record raw_ceiling_batch16
+peer "$SET224" | record peer_224
+ours_classify classify_224 "$SET224" | record classify_224
+e2e daemon_224 "$SET224" --settle-ms 200 | record daemon_224
+peer "$SET224" --raw | record raw_ceiling_again
+
+echo "== full-size photos ($NPHOTOS generated, 1.2 to 12 MP)"
+peer "$PHOTOS" | record peer_photos
+ours_classify classify_photos "$PHOTOS" | record classify_photos
+e2e daemon_photos "$PHOTOS" --settle-ms 200 | record daemon_photos
+
+echo "== burst of 5,000 files into the daemon (peak RSS)"
+BURST=$WORK/burst5000
+if [[ ! -d $BURST ]]; then
+    mkdir -p "$BURST"
+    find "$DATA" -name '*.jpg' | sort | awk 'NR <= 5002' | nl -nrz -w6 | while read -r i f; do cp "$f" "$BURST/$i.jpg"; done
+fi
+if [[ ${BENCH_BURST:-1} == 1 ]]; then
+    e2e daemon_burst5000 "$BURST" --settle-ms 1000 | record daemon_burst5000
+fi
+
+echo "== int8"
+MODEL_INT8=${MODEL_INT8:-$WORK/$(basename "$MODEL" .onnx).int8.onnx}
+if [[ ! -f $MODEL_INT8 ]]; then
+    # The subcommand once wired into the binary; the same code as an example until then.
+    if "$BIN" quantize --help > /dev/null 2>&1; then Q=("$BIN" quantize); else Q=("$ROOT/target/release/examples/quantize_model"); fi
+    "${Q[@]}" "$MODEL" --calibration "$DATA/valid" --max-images 100 --out "$MODEL_INT8"
+fi
+if [[ -f $MODEL_INT8 ]]; then
+    peer "$SET224" --raw | record raw_fp32
+    "$PY" "$PEER" "$MODEL_INT8" "$SET224" --raw --batch "$BATCH" --size "$SIZE" | record raw_int8
+    ours_classify classify_224_fp32 "$SET224" | record classify_224_fp32
+    MODEL=$MODEL_INT8 ours_classify classify_224_int8 "$SET224" | record classify_224_int8
+else
+    echo "no int8 model"
+fi
+
+echo "== ratios (same run)"
+"$PY" - "$RESULTS" <<'EOF'
+import json, sys
+r = {}
+for line in open(sys.argv[1]):
+    d = json.loads(line); r[d["label"]] = d["result"]
+ips = lambda k: r[k]["images_per_s"] if k in r else None
+def ratio(a, b, what):
+    if ips(a) and ips(b):
+        print(f"{what:58s} {ips(a):8.1f} / {ips(b):8.1f} img/s = {ips(a)/ips(b):5.2f}x")
+ceiling = "raw_ceiling"
+if ips("raw_ceiling_batch16"):
+    print(f"raw ceiling batch {r['raw_ceiling']['batch']}: {ips('raw_ceiling')} img/s; batch 16: {ips('raw_ceiling_batch16')} img/s")
+    if ips("raw_ceiling_batch16") > ips("raw_ceiling"):
+        ceiling = "raw_ceiling_batch16"
+if ips("raw_ceiling_again"):
+    print(f"raw ceiling before/after: {ips('raw_ceiling')} / {ips('raw_ceiling_again')} img/s (drift {ips('raw_ceiling_again')/ips('raw_ceiling'):.2f}x)")
+ratio("daemon_224", ceiling, "224px: daemon end to end / raw model ceiling (target 0.9)")
+ratio("daemon_224", "peer_224", "224px: daemon end to end / peer (target 1.3)")
+ratio("classify_224", ceiling, "224px: classify / raw model ceiling")
+ratio("classify_224", "peer_224", "224px: classify / peer")
+ratio("daemon_photos", "peer_photos", "photos: daemon end to end / peer (target 3)")
+ratio("classify_photos", "peer_photos", "photos: classify / peer")
+ratio("raw_int8", "raw_fp32", "int8 / fp32, raw ORT (target 2)")
+ratio("classify_224_int8", "classify_224_fp32", "int8 / fp32, classify 224px (back to back)")
+for k in ("daemon_224", "daemon_photos", "daemon_burst5000"):
+    if k in r:
+        d = r[k]
+        print(f"{k}: single photo into idle daemon {d['single_photo_ms']} ms (settle {d['settle_ms']} ms); "
+              f"burst latency p50/p90/p99 {d['latency_ms_p50']}/{d['latency_ms_p90']}/{d['latency_ms_p99']} ms; "
+              f"peak RSS {(d['peak_rss_kb'] or 0)/1024:.0f} MB")
+for k in ("classify_224", "classify_photos"):
+    if k in r:
+        print(f"{k}: peak RSS {r[k]['peak_rss_kb']/1024:.0f} MB")
+EOF
+
+if [[ ${BENCH_CRITERION:-1} == 1 ]]; then
+    echo "== criterion: decode + preprocess, inference per batch per backend"
+    cargo bench --quiet --bench preprocess
+    BENCH_MODEL=$MODEL cargo bench --quiet --bench inference
+fi
+echo "results: $RESULTS"

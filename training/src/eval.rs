@@ -1,0 +1,237 @@
+//! Predictions, accuracy, confusion, calibration (ECE, temperature) and the
+//! hard validation.
+
+use crate::data::{Loader, Mode, Sample};
+use crate::nets::Network;
+use anyhow::Result;
+use instrument_detector::engine::Classifier;
+use instrument_detector::preprocess::PreprocessSpec;
+use ndarray::ArrayView4;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
+
+/// Raw logits of every item, with labels.
+pub struct Predictions {
+    pub logits: Vec<Vec<f32>>,
+    pub labels: Vec<usize>,
+}
+
+/// What turns a batch of preprocessed images into logits.
+pub enum Scorer<'a> {
+    /// The tch network, eval mode.
+    Tch(&'a Network),
+    /// The frozen backbone on an inference engine, the head in tch.
+    EngineBackbone(&'a mut dyn Classifier, &'a Network),
+    /// A whole exported model on an inference engine (what the daemon runs).
+    Engine(&'a mut dyn Classifier),
+}
+
+/// Runs an engine on `n` images of side `size`; returns a CPU float `[n, width]` tensor.
+pub fn engine_run(
+    clf: &mut dyn Classifier,
+    images: &[f32],
+    n: usize,
+    size: usize,
+) -> Result<Tensor> {
+    let view = ArrayView4::from_shape((n, 3, size, size), images)?;
+    let out = clf.run(view)?;
+    let width = out.shape()[1] as i64;
+    let flat: Vec<f32> = out.iter().copied().collect();
+    Ok(Tensor::from_slice(&flat).view([n as i64, width]))
+}
+
+impl Scorer<'_> {
+    /// Logits `[n, classes]` on the CPU.
+    pub fn logits(&mut self, images: &[f32], n: usize, size: usize) -> Result<Tensor> {
+        let s = size as i64;
+        Ok(match self {
+            Scorer::Tch(net) => {
+                let x = Tensor::from_slice(images)
+                    .view([n as i64, 3, s, s])
+                    .to_device(net.vs.device());
+                tch::no_grad(|| net.forward(&x, false))
+            }
+            Scorer::EngineBackbone(clf, net) => {
+                let f = engine_run(&mut **clf, images, n, size)?.to_device(net.vs.device());
+                tch::no_grad(|| net.head(&f, false))
+            }
+            Scorer::Engine(clf) => engine_run(&mut **clf, images, n, size)?,
+        }
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float))
+    }
+}
+
+/// Scores `samples` (or their hard variants) in order.
+pub fn predict(
+    scorer: &mut Scorer,
+    samples: Arc<Vec<Sample>>,
+    spec: &PreprocessSpec,
+    mode: Mode,
+    batch: usize,
+    workers: usize,
+    seed: u64,
+) -> Result<Predictions> {
+    let items = match mode {
+        Mode::Hard { variants } => samples.len() * variants,
+        _ => samples.len(),
+    };
+    let loader = Loader::new(
+        samples,
+        (0..items).collect(),
+        batch,
+        spec.clone(),
+        mode,
+        seed,
+        u64::MAX,
+        workers,
+    );
+    let mut out = Predictions {
+        logits: Vec::with_capacity(items),
+        labels: Vec::with_capacity(items),
+    };
+    for b in loader {
+        let b = b?;
+        let n = b.labels.len();
+        let logits = scorer.logits(&b.images, n, spec.size as usize)?;
+        let k = logits.size()[1] as usize;
+        let flat = crate::nets::to_vec(&logits);
+        for (i, l) in b.labels.iter().enumerate() {
+            out.logits.push(flat[i * k..(i + 1) * k].to_vec());
+            out.labels.push(*l as usize);
+        }
+    }
+    Ok(out)
+}
+
+pub fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+impl Predictions {
+    pub fn correct(&self) -> usize {
+        self.logits
+            .iter()
+            .zip(&self.labels)
+            .filter(|(l, y)| argmax(l) == **y)
+            .count()
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.correct() as f64 / self.labels.len().max(1) as f64
+    }
+
+    /// Mean negative log-likelihood at temperature `t`.
+    pub fn nll(&self, t: f64) -> f64 {
+        let mut sum = 0.0;
+        for (row, &y) in self.logits.iter().zip(&self.labels) {
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = row
+                .iter()
+                .map(|&v| ((v as f64 - m) / t).exp())
+                .sum::<f64>()
+                .ln();
+            sum += lse - (row[y] as f64 - m) / t;
+        }
+        sum / self.labels.len().max(1) as f64
+    }
+
+    /// Expected calibration error (15 equal-width confidence bins).
+    pub fn ece(&self, t: f64) -> f64 {
+        const BINS: usize = 15;
+        let mut conf = [0.0f64; BINS];
+        let mut acc = [0.0f64; BINS];
+        let mut count = [0usize; BINS];
+        for (row, &y) in self.logits.iter().zip(&self.labels) {
+            let p = instrument_detector::model::softmax(row, t as f32);
+            let k = argmax(&p);
+            let c = p[k] as f64;
+            let bin = ((c * BINS as f64) as usize).min(BINS - 1);
+            conf[bin] += c;
+            acc[bin] += (k == y) as u8 as f64;
+            count[bin] += 1;
+        }
+        let n = self.labels.len().max(1) as f64;
+        (0..BINS)
+            .filter(|&b| count[b] > 0)
+            .map(|b| (acc[b] - conf[b]).abs() / n)
+            .sum()
+    }
+
+    /// The temperature minimising NLL (grid over log T, then refined).
+    pub fn fit_temperature(&self) -> f64 {
+        let mut best = (1.0, self.nll(1.0));
+        for i in 0..=200 {
+            let t = (-2.0f64 + 4.5 * i as f64 / 200.0).exp();
+            let v = self.nll(t);
+            if v < best.1 {
+                best = (t, v);
+            }
+        }
+        best.0
+    }
+
+    pub fn confusion(&self, k: usize) -> Vec<Vec<usize>> {
+        let mut m = vec![vec![0usize; k]; k];
+        for (row, &y) in self.logits.iter().zip(&self.labels) {
+            m[y][argmax(row)] += 1;
+        }
+        m
+    }
+
+    /// Accuracy of each hard variant (items are sample * variants + variant).
+    pub fn per_variant(&self, variants: usize) -> Vec<f64> {
+        (0..variants)
+            .map(|v| {
+                let idx: Vec<usize> = (v..self.labels.len()).step_by(variants).collect();
+                idx.iter()
+                    .filter(|&&i| argmax(&self.logits[i]) == self.labels[i])
+                    .count() as f64
+                    / idx.len().max(1) as f64
+            })
+            .collect()
+    }
+}
+
+/// A Markdown per-class precision / recall table.
+pub fn per_class_table(confusion: &[Vec<usize>], classes: &[String]) -> String {
+    let mut s = String::from(
+        "| class | support | correct | precision | recall |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (i, name) in classes.iter().enumerate() {
+        let support: usize = confusion[i].iter().sum();
+        let predicted: usize = confusion.iter().map(|r| r[i]).sum();
+        let tp = confusion[i][i];
+        let p = if predicted > 0 {
+            tp as f64 / predicted as f64
+        } else {
+            0.0
+        };
+        let r = if support > 0 {
+            tp as f64 / support as f64
+        } else {
+            0.0
+        };
+        s += &format!("| {name} | {support} | {tp} | {p:.3} | {r:.3} |\n");
+    }
+    s
+}
+
+/// The off-diagonal cells, largest first: "true -> predicted (count)".
+pub fn confused_pairs(confusion: &[Vec<usize>], classes: &[String]) -> Vec<String> {
+    let mut pairs = Vec::new();
+    for (i, row) in confusion.iter().enumerate() {
+        for (j, &c) in row.iter().enumerate() {
+            if i != j && c > 0 {
+                pairs.push((c, format!("{} -> {} ({c})", classes[i], classes[j])));
+            }
+        }
+    }
+    pairs.sort_by_key(|p| std::cmp::Reverse(p.0));
+    pairs.into_iter().map(|p| p.1).collect()
+}

@@ -1,0 +1,135 @@
+//! `training evaluate MODEL.onnx`: the numbers a user gets, measured through
+//! the daemon's own decode, preprocessing and engine on an exported model.
+
+use crate::data::{Dataset, HARD_VARIANTS, Mode, limits, read_rgb};
+use crate::eval::{Predictions, Scorer, argmax, predict};
+use anyhow::{Context, Result};
+use instrument_detector::engine::{self, BackendChoice, EngineOptions};
+use instrument_detector::model::LoadedModel;
+use instrument_detector::preprocess::{preprocess_bytes, resize_rgb};
+use std::sync::Arc;
+
+fn line(name: &str, p: &Predictions, t: f64) -> String {
+    format!(
+        "{name:<11} {:.4} ({}/{})  ECE at T=1 {:.4}, at T={t:.3} {:.4}",
+        p.accuracy(),
+        p.correct(),
+        p.labels.len(),
+        p.ece(1.0),
+        p.ece(t)
+    )
+}
+
+pub fn run(
+    model_path: &std::path::Path,
+    data: &std::path::Path,
+    backend: BackendChoice,
+    big: usize,
+    seed: u64,
+) -> Result<()> {
+    let model = LoadedModel::load(model_path)?;
+    let (mut clf, _) = engine::open(&model, backend, &EngineOptions::default())
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let ds = Dataset::open(data)?;
+    anyhow::ensure!(
+        ds.classes == model.spec.labels,
+        "the dataset's classes differ from the model's labels"
+    );
+    let spec = model.spec.preprocess.clone();
+    let t = model.spec.temperature as f64;
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "model {} (sha256 {}), backend {}",
+        model.name(),
+        model.sha256,
+        clf.backend()
+    );
+    let mut scorer = Scorer::Engine(clf.as_mut());
+    let valid = Arc::new(ds.valid.clone());
+    let vp = predict(
+        &mut scorer,
+        valid.clone(),
+        &spec,
+        Mode::Plain,
+        16,
+        workers,
+        seed,
+    )?;
+    println!("{}", line("valid", &vp, t));
+    let hp = predict(
+        &mut scorer,
+        valid.clone(),
+        &spec,
+        Mode::Hard {
+            variants: HARD_VARIANTS.len(),
+        },
+        16,
+        workers,
+        seed,
+    )?;
+    println!("{}", line("hard valid", &hp, t));
+    for (name, acc) in HARD_VARIANTS
+        .iter()
+        .zip(hp.per_variant(HARD_VARIANTS.len()))
+    {
+        println!("  {name:<17} {acc:.4}");
+    }
+    if !ds.test.is_empty() {
+        let tp = predict(
+            &mut scorer,
+            Arc::new(ds.test.clone()),
+            &spec,
+            Mode::Plain,
+            16,
+            workers,
+            seed,
+        )?;
+        println!("{}", line("test", &tp, t));
+        let k = ds.classes.len();
+        let cm = tp.confusion(k);
+        let per: Vec<String> = (0..k)
+            .map(|i| {
+                format!(
+                    "{} {}/{}",
+                    ds.classes[i],
+                    cm[i][i],
+                    cm[i].iter().sum::<usize>()
+                )
+            })
+            .collect();
+        println!("test per class: {}", per.join(", "));
+        println!(
+            "test confused: {}",
+            crate::eval::confused_pairs(&cm, &ds.classes).join(", ")
+        );
+    }
+    if big > 0 {
+        // Full-size photo vs its thumbnail: each valid image upscaled to a
+        // 4000x3000 JPEG, then both files go through the daemon's preprocessing.
+        let (mut same, mut n) = (0, 0);
+        let len = spec.tensor_len();
+        for s in ds.valid.iter().take(big) {
+            let img = read_rgb(&s.path, 0)?;
+            let large = resize_rgb(&img, 4000, 3000, None);
+            let mut jpeg = Vec::new();
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
+            large.write_with_encoder(enc)?;
+            let thumb = std::fs::read(&s.path)?;
+            let mut buf = vec![0f32; 2 * len];
+            preprocess_bytes(&jpeg, &spec, &limits(), &mut buf[..len])?;
+            preprocess_bytes(&thumb, &spec, &limits(), &mut buf[len..])?;
+            let view = ndarray::ArrayView4::from_shape(
+                (2, 3, spec.size as usize, spec.size as usize),
+                &buf,
+            )?;
+            let out = clf.run(view)?;
+            let rows: Vec<Vec<f32>> = out.outer_iter().map(|r| r.to_vec()).collect();
+            same += (argmax(&rows[0]) == argmax(&rows[1])) as usize;
+            n += 1;
+        }
+        println!("4000x3000 JPEG vs original thumbnail: same top-1 on {same}/{n}");
+    }
+    Ok(())
+}

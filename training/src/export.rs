@@ -1,0 +1,250 @@
+//! ONNX export, written by the project (no Python), and the parity check that
+//! every export must pass before it is written: tch logits against tract's
+//! (through the daemon's own engine), and ONNX Runtime's where it is available.
+
+use crate::nets::Network;
+use anyhow::{Context, Result, bail};
+use instrument_detector::engine::{self, BackendChoice, EngineOptions};
+use instrument_detector::model::{LoadedModel, keys};
+use instrument_detector::onnx::{Dim, GraphBuilder, dtype, encode};
+use instrument_detector::preprocess::{PreprocessSpec, ResizeMode};
+use ndarray::ArrayView4;
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// Largest accepted |tch - runtime| relative to the logit scale (max(1, max |logit|)).
+pub const PARITY_TOLERANCE: f64 = 1e-4;
+
+/// Builds the ONNX model: `input [N,3,S,S]` -> `logits [N,classes]`, with metadata.
+pub fn build_onnx(
+    net: &Network,
+    spec: &PreprocessSpec,
+    classes: &[String],
+    extra: &BTreeMap<String, String>,
+) -> Vec<u8> {
+    let size = spec.size as i64;
+    let mut g = GraphBuilder::new(net.arch.as_str());
+    let n = Dim::Named("N".into());
+    g.input(
+        "input",
+        dtype::FLOAT,
+        &[n.clone(), Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
+    );
+    let logits = net.emit(&mut g, "input", size);
+    g.output(
+        &logits,
+        dtype::FLOAT,
+        &[n, Dim::Fixed(classes.len() as i64)],
+    );
+    let json = |v: &[f32]| serde_json::to_string(v).expect("floats serialise");
+    g.metadata(
+        keys::LABELS,
+        serde_json::to_string(classes).expect("labels serialise"),
+    );
+    g.metadata(keys::INPUT_SIZE, spec.size.to_string());
+    g.metadata(keys::MEAN, json(&spec.mean));
+    g.metadata(keys::STD, json(&spec.std));
+    g.metadata(
+        keys::RESIZE,
+        match spec.resize {
+            ResizeMode::Stretch => "stretch",
+            ResizeMode::CenterCrop => "center_crop",
+        },
+    );
+    g.metadata(keys::OUTPUT, "logits");
+    g.metadata(keys::TEMPERATURE, "1");
+    g.metadata(keys::ARCHITECTURE, net.arch.as_str());
+    for (k, v) in extra {
+        g.metadata(k, v.clone());
+    }
+    encode(&g.build())
+}
+
+/// The frozen backbone alone (`input` -> `features [N, feature_dim]`), for
+/// computing features with a fast inference engine while only the head trains.
+/// Its "labels" are the feature indices so the daemon's loader accepts it.
+pub fn build_backbone_onnx(net: &Network, spec: &PreprocessSpec) -> Vec<u8> {
+    let size = spec.size as i64;
+    let mut g = GraphBuilder::new("backbone");
+    let n = Dim::Named("N".into());
+    g.input(
+        "input",
+        dtype::FLOAT,
+        &[n.clone(), Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
+    );
+    let f = net.emit_features(&mut g, "input", size);
+    let dim = net.arch.feature_dim();
+    g.output(&f, dtype::FLOAT, &[n, Dim::Fixed(dim)]);
+    let labels: Vec<String> = (0..dim).map(|i| format!("f{i}")).collect();
+    g.metadata(
+        keys::LABELS,
+        serde_json::to_string(&labels).expect("labels serialise"),
+    );
+    g.metadata(keys::INPUT_SIZE, spec.size.to_string());
+    g.metadata(
+        keys::MEAN,
+        serde_json::to_string(&spec.mean).expect("floats serialise"),
+    );
+    g.metadata(
+        keys::STD,
+        serde_json::to_string(&spec.std).expect("floats serialise"),
+    );
+    encode(&g.build())
+}
+
+/// Opens the frozen backbone on ONNX Runtime (CPU), after checking it against
+/// tch on `check` inputs. `None` (with the reason printed) when ONNX Runtime is
+/// unavailable or disagrees; the caller then keeps tch.
+pub fn open_backbone_engine(
+    net: &Network,
+    spec: &PreprocessSpec,
+    check: &Tensor,
+) -> Option<Box<dyn instrument_detector::engine::Classifier>> {
+    let bytes = build_backbone_onnx(net, spec);
+    let model = match LoadedModel::from_bytes(Path::new("backbone.onnx"), bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("note: backbone export failed to load ({e}); features stay in tch");
+            return None;
+        }
+    };
+    let mut clf = match engine::open(&model, BackendChoice::OrtCpu, &EngineOptions::default()) {
+        Ok((c, _)) => c,
+        Err(e) => {
+            eprintln!(
+                "note: ONNX Runtime unavailable for frozen features ({e}); features stay in tch (slower)"
+            );
+            return None;
+        }
+    };
+    let want = crate::nets::to_vec(&tch::no_grad(|| {
+        net.features(&check.to_device(net.vs.device()), false)
+    }));
+    let dims: Vec<usize> = check.size().iter().map(|&d| d as usize).collect();
+    let data = crate::nets::to_vec(check);
+    let view = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &data).ok()?;
+    let got: Vec<f32> = clf.run(view).ok()?.iter().copied().collect();
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max);
+    let scale = want.iter().map(|v| v.abs() as f64).fold(1.0, f64::max);
+    if got.len() != want.len() || diff > PARITY_TOLERANCE * scale {
+        eprintln!(
+            "note: ONNX Runtime backbone disagrees with tch (max diff {diff:.2e}); features stay in tch"
+        );
+        return None;
+    }
+    eprintln!(
+        "frozen features: ONNX Runtime on the exported backbone (parity with tch: max diff {diff:.2e} at scale {scale:.2})"
+    );
+    Some(clf)
+}
+
+#[derive(Debug, Clone)]
+pub struct Parity {
+    pub backend: String,
+    pub max_abs_diff: f64,
+    pub logit_scale: f64,
+    pub argmax_agree: usize,
+    pub rows: usize,
+}
+
+impl std::fmt::Display for Parity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: max |diff| {:.2e} on logits of scale {:.2} (relative {:.2e}), top-1 agrees on {}/{}",
+            self.backend,
+            self.max_abs_diff,
+            self.logit_scale,
+            self.max_abs_diff / self.logit_scale,
+            self.argmax_agree,
+            self.rows
+        )
+    }
+}
+
+/// Compares tch (eval mode) with the exported model on `inputs` `[N,3,S,S]`.
+/// Tract must run and agree; ONNX Runtime is compared when it can be opened.
+pub fn check_parity(net: &Network, onnx: &[u8], inputs: &Tensor) -> Result<Vec<Parity>> {
+    let model = LoadedModel::from_bytes(Path::new("exported.onnx"), onnx.to_vec())
+        .context("the exported model does not load")?;
+    let want = tch::no_grad(|| net.forward(&inputs.to_device(net.vs.device()), false))
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float);
+    let want = crate::nets::to_vec(&want);
+    let dims: Vec<usize> = inputs.size().iter().map(|&d| d as usize).collect();
+    let data = crate::nets::to_vec(inputs);
+    let view = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &data)?;
+    let k = net.num_classes as usize;
+    let mut results = Vec::new();
+    for choice in [BackendChoice::Tract, BackendChoice::OrtCpu] {
+        let opened = engine::open(&model, choice, &EngineOptions::default());
+        let mut classifier = match opened {
+            Ok((c, _)) => c,
+            Err(e) if choice == BackendChoice::OrtCpu => {
+                eprintln!("note: ONNX Runtime parity skipped ({e})");
+                continue;
+            }
+            Err(e) => bail!("tract cannot run the exported model: {e}"),
+        };
+        let got = classifier
+            .run(view.view())
+            .with_context(|| format!("{choice:?} inference"))?;
+        let got: Vec<f32> = got.iter().copied().collect();
+        if got.len() != want.len() {
+            bail!(
+                "{choice:?} returned {} values, tch {}",
+                got.len(),
+                want.len()
+            );
+        }
+        let max_abs_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() as f64)
+            .fold(0.0, f64::max);
+        let logit_scale = want.iter().map(|v| v.abs() as f64).fold(1.0, f64::max);
+        let argmax_agree = (0..dims[0])
+            .filter(|&r| {
+                crate::eval::argmax(&got[r * k..(r + 1) * k])
+                    == crate::eval::argmax(&want[r * k..(r + 1) * k])
+            })
+            .count();
+        let p = Parity {
+            backend: classifier.backend().to_string(),
+            max_abs_diff,
+            logit_scale,
+            argmax_agree,
+            rows: dims[0],
+        };
+        if max_abs_diff > PARITY_TOLERANCE * logit_scale {
+            bail!("export parity failed, the ONNX graph does not compute what tch computes: {p}");
+        }
+        results.push(p);
+    }
+    Ok(results)
+}
+
+/// Builds, checks and writes the model. Nothing is written if parity fails.
+pub fn export_checked(
+    net: &Network,
+    spec: &PreprocessSpec,
+    classes: &[String],
+    extra: &BTreeMap<String, String>,
+    check_inputs: &Tensor,
+    out: &Path,
+) -> Result<Vec<Parity>> {
+    let bytes = build_onnx(net, spec, classes, extra);
+    let parity = check_parity(net, &bytes, check_inputs)?;
+    if let Some(dir) = out.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(parity)
+}

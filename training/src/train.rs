@@ -1,0 +1,812 @@
+//! The training loop: the seed's recipe (Adam, one-cycle, weight decay,
+//! gradient clipping by value, dropout, batch 16) plus label smoothing,
+//! head-only warm-up with a frozen backbone, augmentation, a hard validation,
+//! best-checkpoint selection, resume, Ctrl-C, and the run folder's reports.
+
+use crate::data::{Augment, Dataset, HARD_VARIANTS, Loader, Mode, Sample, spec_for};
+use crate::eval::{Predictions, Scorer, confused_pairs, engine_run, per_class_table, predict};
+use crate::export::export_checked;
+use crate::nets::{Arch, Network};
+use crate::rng::Rng;
+use crate::weights::{
+    CheckpointMeta, load_checkpoint_weights, load_pretrained, read_meta, save_checkpoint,
+};
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use instrument_detector::engine::{self, BackendChoice, Classifier, EngineOptions};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    Adamw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AugmentLevel {
+    /// No augmentation (the original recipe).
+    None,
+    /// Random resized crop (scale 0.5..1), horizontal flip, light colour jitter.
+    Light,
+    /// Random resized crop down to a quarter, flip, colour jitter, grayscale, blur.
+    Strong,
+}
+
+impl AugmentLevel {
+    pub fn augment(self) -> Option<Augment> {
+        match self {
+            AugmentLevel::None => None,
+            AugmentLevel::Light => Some(Augment {
+                min_scale: 0.5,
+                hflip: true,
+                jitter: 0.15,
+                grayscale: 0.0,
+                blur: 0.0,
+            }),
+            AugmentLevel::Strong => Some(Augment {
+                min_scale: 0.25,
+                hflip: true,
+                jitter: 0.3,
+                grayscale: 0.1,
+                blur: 0.1,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureEngine {
+    Auto,
+    Tch,
+    Ort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when available, else the CPU (all cores).
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// `training train`: every recipe setting is a flag whose default is the
+/// original work's value (ResNet50 recipe: Adam, one-cycle to 0.01, weight
+/// decay 1e-4, clip 0.1, dropout 0.5, batch 16, 15 epochs, no augmentation).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Dataset: a folder with train/ valid/ test/ (each <class>/<image>), or the dataset CSV.
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, value_enum, default_value = "efficientnet-lite0")]
+    pub arch: Arch,
+    /// ImageNet weights (.safetensors or tch .pt). Missing: random initialisation, with a warning.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Total epochs, warm-up included.
+    #[arg(long, default_value_t = 15)]
+    pub epochs: usize,
+    /// Run folder (checkpoints, metrics, plots, report, model.onnx).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate of the one-cycle schedule (after warm-up).
+    #[arg(long, default_value_t = 0.01)]
+    pub lr: f64,
+    /// One-cycle: fraction of the steps spent rising to the peak.
+    #[arg(long, default_value_t = 0.3)]
+    pub pct_start: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Clip every gradient value to [-v, v] (0 disables).
+    #[arg(long, default_value_t = 0.1)]
+    pub clip_value: f64,
+    /// Dropout before the final linear layer.
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Head-only epochs first, backbone frozen (batch-norm statistics included).
+    /// Equal to --epochs: a linear probe (the backbone is never trained).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_epochs: usize,
+    /// Peak learning rate of the head-only phase (its own one-cycle). Default: --lr.
+    #[arg(long)]
+    pub warmup_lr: Option<f64>,
+    #[arg(long, value_enum, default_value = "none")]
+    pub augment: AugmentLevel,
+    /// Square input side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// Decoding threads (default: number of CPUs).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Mixed precision (bf16 autocast) on CUDA.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub amp: bool,
+    /// Continue from a checkpoint (.safetensors with its .json) of this run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Also score the hard validation (valid images distorted 9 ways) each epoch.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub hard_valid: bool,
+    /// Stop each epoch after this many batches (smoke tests).
+    #[arg(long, hide = true)]
+    pub max_batches: Option<usize>,
+    /// Where the frozen backbone's features come from during head-only epochs:
+    /// ONNX Runtime on the exported backbone (parity-checked against tch, several
+    /// times faster on a CPU), tch, or auto (ONNX Runtime when it opens).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub frozen_features: FeatureEngine,
+    /// Skip the ONNX export at the end.
+    #[arg(long)]
+    pub no_export: bool,
+    /// Dataset name recorded in the model metadata.
+    #[arg(long, default_value = "instruments (30 classes)")]
+    pub dataset_name: String,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the Ctrl-C handler once: the first press asks the loop to save a
+/// checkpoint and stop; a second press exits at once.
+pub fn install_ctrlc() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond Ctrl-C: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
+        });
+    });
+}
+
+/// One-cycle learning rate (cosine up from max/25, cosine down to max/25e4).
+pub fn one_cycle(step: usize, total: usize, max_lr: f64, pct_start: f64) -> f64 {
+    let total = total.max(1) as f64;
+    let up = (pct_start * total).max(1.0);
+    let s = step as f64;
+    let (start, end) = (max_lr / 25.0, max_lr / 25.0 / 1e4);
+    let cos = |a: f64, b: f64, t: f64| {
+        b + (a - b) * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos()) / 2.0
+    };
+    if s < up {
+        cos(start, max_lr, s / up)
+    } else {
+        cos(max_lr, end, (s - up) / (total - up).max(1.0))
+    }
+}
+
+pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => {
+            if !tch::Cuda::is_available() {
+                bail!("--device cuda: libtorch sees no CUDA device");
+            }
+            Device::Cuda(0)
+        }
+        DeviceChoice::Auto => Device::cuda_if_available(),
+    })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochRow {
+    pub epoch: usize,
+    pub phase: &'static str,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub valid_loss: f64,
+    pub valid_acc: f64,
+    pub hard_valid_acc: Option<f64>,
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+/// What a finished run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct FinalReport {
+    pub best_epoch: usize,
+    pub valid_acc: f64,
+    pub hard_valid_acc: Option<f64>,
+    pub hard_valid_per_variant: BTreeMap<String, f64>,
+    pub test_acc: f64,
+    pub test_correct: usize,
+    pub test_total: usize,
+    pub temperature: f64,
+    pub valid_ece_t1: f64,
+    pub valid_ece: f64,
+    pub test_ece: f64,
+    pub train_seconds: f64,
+    pub parity: Vec<String>,
+}
+
+pub struct Ctx {
+    pub args: TrainArgs,
+    pub ds: Dataset,
+    pub spec: instrument_detector::preprocess::PreprocessSpec,
+    pub device: Device,
+    pub workers: usize,
+}
+
+pub fn meta(
+    ctx: &Ctx,
+    epoch: usize,
+    valid: Option<f64>,
+    hard: Option<f64>,
+    t: Option<f64>,
+) -> CheckpointMeta {
+    CheckpointMeta {
+        arch: ctx.args.arch,
+        classes: ctx.ds.classes.clone(),
+        input_size: ctx.spec.size,
+        mean: ctx.spec.mean,
+        std: ctx.spec.std,
+        dropout: ctx.args.dropout,
+        epoch,
+        valid_acc: valid,
+        hard_valid_acc: hard,
+        temperature: t,
+        dataset: ctx.args.dataset_name.clone(),
+        args: serde_json::to_value(&ctx.args).unwrap_or_default(),
+        created: chrono::Utc::now().to_rfc3339(),
+    }
+}
+
+/// Valid (or hard-valid) predictions in eval mode.
+fn evaluate(
+    ctx: &Ctx,
+    scorer: &mut Scorer,
+    samples: &Arc<Vec<Sample>>,
+    mode: Mode,
+) -> Result<Predictions> {
+    predict(
+        scorer,
+        samples.clone(),
+        &ctx.spec,
+        mode,
+        32,
+        ctx.workers,
+        ctx.args.seed,
+    )
+}
+
+fn loss_of(p: &Predictions) -> f64 {
+    p.nll(1.0)
+}
+
+pub fn run(args: TrainArgs) -> Result<FinalReport> {
+    install_ctrlc();
+    let started = Instant::now();
+    let device = pick_device(args.device)?;
+    tch::set_num_threads(cores() as i32);
+    tch::manual_seed(args.seed as i64);
+    let ds = Dataset::open(&args.data)?;
+    if ds.train.is_empty() || ds.valid.is_empty() {
+        bail!(
+            "{}: the train and valid splits must both hold images",
+            args.data.display()
+        );
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let spec = spec_for(args.arch, args.size);
+    let workers = args.workers.unwrap_or_else(cores).max(1);
+    eprintln!(
+        "data: {} classes, train {} / valid {} / test {} images; device {:?}; {} torch threads, {} loader threads",
+        ds.classes.len(),
+        ds.train.len(),
+        ds.valid.len(),
+        ds.test.len(),
+        device,
+        tch::get_num_threads(),
+        workers
+    );
+    let ctx = Ctx {
+        args: args.clone(),
+        ds,
+        spec,
+        device,
+        workers,
+    };
+    let mut net = Network::new(args.arch, ctx.ds.classes.len() as i64, args.dropout, device);
+
+    let mut start_epoch = 0;
+    let mut best: Option<(f64, f64, usize)> = None;
+    if let Some(resume) = &args.resume {
+        let m = read_meta(resume)?;
+        if m.arch != args.arch || m.classes != ctx.ds.classes {
+            bail!(
+                "--resume {}: checkpoint is {} over {} classes; this run is {} over {}",
+                resume.display(),
+                m.arch.as_str(),
+                m.classes.len(),
+                args.arch.as_str(),
+                ctx.ds.classes.len()
+            );
+        }
+        load_checkpoint_weights(&mut net, resume)?;
+        start_epoch = m.epoch;
+        if let Ok(b) = read_meta(&args.out.join("best.safetensors")) {
+            best = Some((
+                b.valid_acc.unwrap_or(0.0),
+                b.hard_valid_acc.unwrap_or(0.0),
+                b.epoch,
+            ));
+        }
+        eprintln!(
+            "resumed from {} after epoch {start_epoch} (optimizer moments start afresh)",
+            resume.display()
+        );
+    } else {
+        match &args.pretrained {
+            Some(p) if p.is_file() => {
+                let r = load_pretrained(&mut net, p)?;
+                eprintln!(
+                    "pretrained: {} tensors loaded from {}, {} ignored ({}), head re-initialised: {}",
+                    r.loaded,
+                    p.display(),
+                    r.ignored.len(),
+                    if r.ignored.is_empty() {
+                        "none"
+                    } else {
+                        "num_batches_tracked"
+                    },
+                    if r.head_reinitialised.is_empty() {
+                        "no".to_string()
+                    } else {
+                        r.head_reinitialised.join("; ")
+                    }
+                );
+            }
+            Some(p) => eprintln!(
+                "warning: --pretrained {} does not exist: starting from RANDOM initialisation",
+                p.display()
+            ),
+            None => {
+                eprintln!("warning: no --pretrained weights: starting from RANDOM initialisation")
+            }
+        }
+    }
+
+    let train = Arc::new(ctx.ds.train.clone());
+    let valid = Arc::new(ctx.ds.valid.clone());
+    let mode = match args.augment.augment() {
+        Some(a) => Mode::Augment(a),
+        None => Mode::Plain,
+    };
+    let steps_per_epoch = {
+        let full = train.len().div_ceil(args.batch_size);
+        args.max_batches.map_or(full, |m| m.min(full))
+    };
+    let warmup = args.warmup_epochs.min(args.epochs);
+    let warm_lr = args.warmup_lr.unwrap_or(args.lr);
+    let mut opt = match args.optimizer {
+        OptimizerKind::Adam => nn::Adam {
+            wd: args.weight_decay,
+            ..Default::default()
+        }
+        .build(&net.vs, args.lr)?,
+        OptimizerKind::Adamw => nn::AdamW {
+            wd: args.weight_decay,
+            ..Default::default()
+        }
+        .build(&net.vs, args.lr)?,
+    };
+    let metrics_path = args.out.join("metrics.csv");
+    if start_epoch == 0 || !metrics_path.exists() {
+        std::fs::write(
+            &metrics_path,
+            "epoch,phase,lr,train_loss,train_acc,valid_loss,valid_acc,hard_valid_acc,seconds,images_per_s\n",
+        )?;
+    }
+    let s = ctx.spec.size as i64;
+    let amp = args.amp && device.is_cuda();
+    let mut backbone: Option<Box<dyn Classifier>> = None;
+    if start_epoch < warmup && args.frozen_features != FeatureEngine::Tch && !device.is_cuda() {
+        let check = real_inputs(&ctx.ds.valid, &ctx.spec, 2)?;
+        backbone = crate::export::open_backbone_engine(&net, &ctx.spec, &check);
+        if backbone.is_none() && args.frozen_features == FeatureEngine::Ort {
+            bail!(
+                "--frozen-features ort: ONNX Runtime could not run the backbone (see the note above)"
+            );
+        }
+    }
+
+    for epoch in start_epoch..args.epochs {
+        let frozen = epoch < warmup;
+        let (phase_step0, phase_steps, max_lr) = if frozen {
+            (epoch * steps_per_epoch, warmup * steps_per_epoch, warm_lr)
+        } else {
+            (
+                (epoch - warmup) * steps_per_epoch,
+                (args.epochs - warmup) * steps_per_epoch,
+                args.lr,
+            )
+        };
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        Rng::derive(args.seed, epoch as u64, 0xda7a).shuffle(&mut order);
+        order.truncate(steps_per_epoch * args.batch_size);
+        let loader = Loader::new(
+            train.clone(),
+            order,
+            args.batch_size,
+            ctx.spec.clone(),
+            mode,
+            args.seed,
+            epoch as u64,
+            workers,
+        );
+        let bar = ProgressBar::new(steps_per_epoch as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!(
+            "epoch {}/{} {}",
+            epoch + 1,
+            args.epochs,
+            if frozen { "head" } else { "full" }
+        ));
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = max_lr;
+        for (i, batch) in loader.enumerate() {
+            let batch = batch?;
+            lr = one_cycle(phase_step0 + i, phase_steps, max_lr, args.pct_start);
+            opt.set_lr(lr);
+            let n = batch.labels.len() as i64;
+            let x = Tensor::from_slice(&batch.images)
+                .view([n, 3, s, s])
+                .to_device(device);
+            let y = Tensor::from_slice(&batch.labels).to_device(device);
+            let logits = if frozen {
+                let f = match backbone.as_mut() {
+                    Some(clf) => engine_run(clf.as_mut(), &batch.images, n as usize, s as usize)?
+                        .to_device(device),
+                    None => tch::no_grad(|| tch::autocast(amp, || net.features(&x, false)))
+                        .to_kind(Kind::Float),
+                };
+                net.head(&f, true)
+            } else {
+                tch::autocast(amp, || net.forward(&x, true)).to_kind(Kind::Float)
+            };
+            let loss = logits.cross_entropy_loss::<Tensor>(
+                &y,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                args.label_smoothing,
+            );
+            opt.zero_grad();
+            loss.backward();
+            if args.clip_value > 0.0 {
+                opt.clip_grad_value(args.clip_value);
+            }
+            opt.step();
+            let l = loss.double_value(&[]);
+            loss_sum += l * n as f64;
+            correct += logits
+                .argmax(-1, false)
+                .eq_tensor(&y)
+                .sum(Kind::Int64)
+                .int64_value(&[]) as usize;
+            seen += n as usize;
+            bar.inc(1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} lr {:.2e} {:.1} img/s",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64,
+                lr,
+                seen as f64 / t0.elapsed().as_secs_f64()
+            ));
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bar.abandon();
+                let p = args.out.join("interrupted.safetensors");
+                save_checkpoint(&net, &meta(&ctx, epoch, None, None, None), &p)?;
+                bail!(
+                    "interrupted during epoch {}: weights saved to {} (resume with --resume {} to redo that epoch)",
+                    epoch + 1,
+                    p.display(),
+                    p.display()
+                );
+            }
+        }
+        bar.finish_and_clear();
+        let train_secs = t0.elapsed().as_secs_f64();
+        let mut scorer = match (frozen, backbone.as_mut()) {
+            (true, Some(clf)) => Scorer::EngineBackbone(clf.as_mut(), &net),
+            _ => Scorer::Tch(&net),
+        };
+        let vp = evaluate(&ctx, &mut scorer, &valid, Mode::Plain)?;
+        let hard = if args.hard_valid {
+            Some(
+                evaluate(
+                    &ctx,
+                    &mut scorer,
+                    &valid,
+                    Mode::Hard {
+                        variants: HARD_VARIANTS.len(),
+                    },
+                )?
+                .accuracy(),
+            )
+        } else {
+            None
+        };
+        let row = EpochRow {
+            epoch: epoch + 1,
+            phase: if frozen { "head" } else { "full" },
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            valid_loss: loss_of(&vp),
+            valid_acc: vp.accuracy(),
+            hard_valid_acc: hard,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_secs,
+        };
+        eprintln!(
+            "epoch {:>2}/{} [{}] train loss {:.4} acc {:.4} | valid loss {:.4} acc {:.4} ({}/{}) | hard-valid {} | {:.0} s, {:.1} img/s",
+            row.epoch,
+            args.epochs,
+            row.phase,
+            row.train_loss,
+            row.train_acc,
+            row.valid_loss,
+            row.valid_acc,
+            vp.correct(),
+            vp.labels.len(),
+            hard.map_or("-".into(), |h| format!("{h:.4}")),
+            row.seconds,
+            row.images_per_s
+        );
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&metrics_path)?;
+        writeln!(
+            f,
+            "{},{},{:.6e},{:.5},{:.5},{:.5},{:.5},{},{:.1},{:.2}",
+            row.epoch,
+            row.phase,
+            row.lr,
+            row.train_loss,
+            row.train_acc,
+            row.valid_loss,
+            row.valid_acc,
+            row.hard_valid_acc
+                .map_or(String::new(), |h| format!("{h:.5}")),
+            row.seconds,
+            row.images_per_s
+        )?;
+        let m = meta(&ctx, epoch + 1, Some(row.valid_acc), hard, None);
+        save_checkpoint(&net, &m, &args.out.join("last.safetensors"))?;
+        let key = (row.valid_acc, hard.unwrap_or(0.0));
+        if best.is_none_or(|(v, h, _)| key.0 > v || (key.0 == v && key.1 > h)) {
+            best = Some((key.0, key.1, epoch + 1));
+            save_checkpoint(&net, &m, &args.out.join("best.safetensors"))?;
+            eprintln!("  new best checkpoint (epoch {})", epoch + 1);
+        }
+        plot_metrics(&args.out)?;
+    }
+
+    let best_path = args.out.join("best.safetensors");
+    load_checkpoint_weights(&mut net, &best_path)?;
+    let best_epoch = read_meta(&best_path)?.epoch;
+    let mut report = finish(&ctx, &net, best_epoch, &args.out)?;
+    report.train_seconds = started.elapsed().as_secs_f64();
+    std::fs::write(
+        args.out.join("final.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    Ok(report)
+}
+
+/// Re-reads metrics.csv and draws curves.png.
+pub fn plot_metrics(out: &Path) -> Result<()> {
+    let mut rdr = csv::Reader::from_path(out.join("metrics.csv"))?;
+    let (mut tl, mut vl, mut ta, mut va, mut ha) = (vec![], vec![], vec![], vec![], vec![]);
+    for rec in rdr.records() {
+        let r = rec?;
+        let num = |i: usize| r.get(i).and_then(|v| v.parse::<f64>().ok());
+        tl.push(num(3).unwrap_or(0.0));
+        ta.push(num(4).unwrap_or(0.0));
+        vl.push(num(5).unwrap_or(0.0));
+        va.push(num(6).unwrap_or(0.0));
+        if let Some(h) = num(7) {
+            ha.push(h);
+        }
+    }
+    crate::plot::curves(&out.join("curves.png"), &[tl, vl], &[ta, va, ha])?;
+    Ok(())
+}
+
+/// After training: the checked ONNX export, then every final number measured
+/// on that exported file through the daemon's engine (ONNX Runtime, else
+/// tract): temperature on valid, hard-valid detail, test once, reports.
+pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result<FinalReport> {
+    let valid = Arc::new(ctx.ds.valid.clone());
+    let model_path = out.join("model.onnx");
+    let mut parity = Vec::new();
+    let mut engine_clf: Option<Box<dyn Classifier>> = None;
+    let mut measured_on = "tch".to_string();
+    if !ctx.args.no_export {
+        let mut extra = BTreeMap::new();
+        extra.insert("dataset".to_string(), ctx.args.dataset_name.clone());
+        extra.insert(
+            "date".to_string(),
+            chrono::Utc::now().format("%Y-%m-%d").to_string(),
+        );
+        extra.insert(
+            "training_args".to_string(),
+            serde_json::to_string(&ctx.args)?,
+        );
+        let inputs = real_inputs(&ctx.ds.valid, &ctx.spec, 4)?;
+        let p = export_checked(
+            net,
+            &ctx.spec,
+            &ctx.ds.classes,
+            &extra,
+            &inputs,
+            &model_path,
+        )?;
+        for x in &p {
+            eprintln!("export parity: {x}");
+        }
+        parity = p.iter().map(|x| x.to_string()).collect();
+        let model = instrument_detector::model::LoadedModel::load(&model_path)?;
+        for choice in [BackendChoice::OrtCpu, BackendChoice::Tract] {
+            if let Ok((c, _)) = engine::open(&model, choice, &EngineOptions::default()) {
+                measured_on = format!("{} on the exported model.onnx", c.backend());
+                engine_clf = Some(c);
+                break;
+            }
+        }
+    }
+    let mut scorer = match engine_clf.as_mut() {
+        Some(c) => Scorer::Engine(c.as_mut()),
+        None => Scorer::Tch(net),
+    };
+    eprintln!("final numbers measured with {measured_on}");
+    let vp = evaluate(ctx, &mut scorer, &valid, Mode::Plain)?;
+    let t = vp.fit_temperature();
+    let (hard_acc, per_variant) = if ctx.args.hard_valid {
+        let hp = evaluate(
+            ctx,
+            &mut scorer,
+            &valid,
+            Mode::Hard {
+                variants: HARD_VARIANTS.len(),
+            },
+        )?;
+        let pv = hp.per_variant(HARD_VARIANTS.len());
+        (
+            Some(hp.accuracy()),
+            HARD_VARIANTS
+                .iter()
+                .map(|s| s.to_string())
+                .zip(pv)
+                .collect(),
+        )
+    } else {
+        (None, BTreeMap::new())
+    };
+    let test = Arc::new(ctx.ds.test.clone());
+    let (test_acc, test_correct, test_ece, md) = if test.is_empty() {
+        (f64::NAN, 0, f64::NAN, String::from("(no test split)\n"))
+    } else {
+        let tp = evaluate(ctx, &mut scorer, &test, Mode::Plain)?;
+        let k = ctx.ds.classes.len();
+        let cm = tp.confusion(k);
+        crate::plot::confusion(&out.join("confusion.png"), &cm)?;
+        let mut md = per_class_table(&cm, &ctx.ds.classes);
+        let pairs = confused_pairs(&cm, &ctx.ds.classes);
+        md += &format!(
+            "\nConfused (true -> predicted): {}\n",
+            if pairs.is_empty() {
+                "none".into()
+            } else {
+                pairs.join(", ")
+            }
+        );
+        md += "\nconfusion.png: rows = true class, columns = predicted, in this label order: ";
+        md += &ctx.ds.classes.join(", ");
+        md += "\n";
+        (tp.accuracy(), tp.correct(), tp.ece(t), md)
+    };
+    if model_path.is_file() && !ctx.args.no_export {
+        // Record calibration and accuracy in the model's metadata (weights untouched).
+        let bytes = std::fs::read(&model_path)?;
+        let mut proto = instrument_detector::onnx::decode(&bytes)?;
+        let mut entries = BTreeMap::new();
+        entries.insert("temperature".to_string(), format!("{t:.4}"));
+        entries.insert(
+            "accuracy".to_string(),
+            serde_json::json!({"valid": vp.accuracy(), "hard_valid": hard_acc, "test": test_acc})
+                .to_string(),
+        );
+        instrument_detector::onnx::set_metadata(&mut proto, &entries);
+        std::fs::write(&model_path, instrument_detector::onnx::encode(&proto))?;
+        instrument_detector::model::LoadedModel::load(&model_path)?;
+        eprintln!("wrote {} (temperature {t:.3})", model_path.display());
+    }
+    let report_md = format!(
+        "# Run report\n\nbest epoch {best_epoch}; measured with {measured_on}\n\n| split | accuracy |\n|---|---:|\n| valid | {:.4} ({}/{}) |\n| hard valid | {} |\n| test | {:.4} ({}/{}) |\n\n\
+         Temperature fitted on valid: {t:.3}; ECE on valid {:.4} at T=1, {:.4} at T; ECE on test at T {:.4}\n\n\
+         Hard valid per distortion: {}\n\n## Test, per class\n\n{md}",
+        vp.accuracy(),
+        vp.correct(),
+        vp.labels.len(),
+        hard_acc.map_or("-".into(), |h| format!("{h:.4}")),
+        test_acc,
+        test_correct,
+        test.len(),
+        vp.ece(1.0),
+        vp.ece(t),
+        test_ece,
+        per_variant
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    std::fs::write(out.join("report.md"), &report_md)?;
+    eprintln!("{report_md}");
+    Ok(FinalReport {
+        best_epoch,
+        valid_acc: vp.accuracy(),
+        hard_valid_acc: hard_acc,
+        hard_valid_per_variant: per_variant,
+        test_acc,
+        test_correct,
+        test_total: test.len(),
+        temperature: t,
+        valid_ece_t1: vp.ece(1.0),
+        valid_ece: vp.ece(t),
+        test_ece,
+        train_seconds: 0.0,
+        parity,
+    })
+}
+
+/// The first `n` images of `samples`, preprocessed like the daemon does.
+pub fn real_inputs(
+    samples: &[Sample],
+    spec: &instrument_detector::preprocess::PreprocessSpec,
+    n: usize,
+) -> Result<Tensor> {
+    let n = n.min(samples.len()).max(1);
+    let len = spec.tensor_len();
+    let mut data = vec![0f32; n * len];
+    for (i, s) in samples.iter().take(n).enumerate() {
+        crate::data::load_plain(&s.path, spec, &mut data[i * len..(i + 1) * len])?;
+    }
+    let sz = spec.size as i64;
+    Ok(Tensor::from_slice(&data).view([n as i64, 3, sz, sz]))
+}
