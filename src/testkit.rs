@@ -57,10 +57,18 @@ pub fn color_of(label: &str) -> [u8; 3] {
 /// produce realistic files, and distinct `seed`s give distinct content).
 pub fn color_image(label: &str, w: u32, h: u32, seed: u32) -> RgbImage {
     let [r, g, b] = color_of(label);
-    RgbImage::from_fn(w, h, |x, y| {
+    let mut img = RgbImage::from_fn(w, h, |x, y| {
         let n = ((x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ seed.wrapping_mul(2654435761)) % 16) as u8;
         image::Rgb([r.saturating_sub(n), g.saturating_sub(n), b.saturating_sub(n)])
-    })
+    });
+    // Stamp the seed's bytes into the first pixels, so distinct seeds really
+    // give distinct content (the texture above repeats every 16 seeds).
+    for (i, byte) in seed.to_le_bytes().iter().enumerate() {
+        if (i as u32) < w {
+            img.put_pixel(i as u32, 0, image::Rgb([*byte, *byte, *byte]));
+        }
+    }
+    img
 }
 
 /// Encodes an image in `format` to bytes.
