@@ -231,9 +231,8 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         workers = cfg.workers,
         "instrument-detector watching"
     );
-    for f in &fallbacks {
-        tracing::info!("backend {} was not used: {}", f.from, f.reason);
-    }
+    // Each step down was already logged once, at warn, by `engine::open`.
+    let _ = fallbacks;
 
     let (intake_tx, intake_rx) = mpsc::channel::<IntakeMsg>(cfg.queue.max(16));
     let shared = Arc::new(Shared {
