@@ -20,7 +20,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then
     echo "python3 -m venv failed; installing python3-venv (Debian)..." >&2
-    if command -v sudo >/dev/null && [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+    if command -v sudo >/dev/null && [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; else SUDO=; fi
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-venv python3-pip >/dev/null
     rm -rf .venv
     "$PY" -m venv .venv

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh --training >/dev/null
 if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi
   if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >/dev/null 2>&1; then
     echo "warning: could not install chromium; the report's browser check will be skipped" >&2
     export INSTRUMENT_DETECTOR_NO_BROWSER=1
