@@ -92,9 +92,6 @@ pub struct Monitor {
     pub started_at: String,
     pub folder: PathBuf,
     pub db: PathBuf,
-    pub model: String,
-    pub model_sha256: String,
-    pub backend: String,
     pub queues: Queues,
 }
 

@@ -295,9 +295,6 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         started_at: crate::store::now(),
         folder: dir.clone(),
         db: cfg.db.clone(),
-        model: model.name(),
-        model_sha256: model.sha256.clone(),
-        backend: backend.as_str().to_string(),
         queues: metrics::Queues { workers: work_tx.clone(), batcher: job_tx_monitor, writer: write_tx.clone() },
     });
     let status_task = tokio::spawn(metrics::write_status_forever(monitor.clone()));
@@ -650,7 +647,6 @@ fn reconcile(
     write_tx: &crossbeam_channel::Sender<WriteMsg>,
     shared: &Shared,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let store = Store::open_ro(db)?;
     let started = Instant::now();
     let (mut files, mut offered, mut symlinks, mut problems) = (0u64, 0u64, 0u64, 0u64);
@@ -682,7 +678,7 @@ fn reconcile(
         files += 1;
         let Ok(meta) = entry.metadata() else { continue };
         let text = path_text(entry.path());
-        let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+        let mtime_ns = pipeline::mtime_ns(&meta);
         if let Some(state) = store.file_state(&text)?
             && state.status != "deleted"
             && state.size == Some(meta.len() as i64)

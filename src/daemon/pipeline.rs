@@ -60,7 +60,8 @@ pub struct WorkerContext {
     pub young: Duration,
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+/// Modification time in nanoseconds, as stored in `files.mtime_ns`.
+pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
