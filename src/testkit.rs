@@ -82,3 +82,44 @@ pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
 pub fn write_color_image(path: &Path, label: &str, format: ImageFormat, seed: u32) -> std::io::Result<()> {
     std::fs::write(path, encode(&color_image(label, 64, 48, seed), format))
 }
+
+/// A valid PNG signature and IHDR chunk claiming a `w`x`h` RGB image, and no
+/// pixel data: the decompression-bomb header the decode limits must refuse.
+pub fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    let mut crc = 0xffff_ffffu32;
+    for &b in &ihdr {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    png.extend_from_slice(&(!crc).to_be_bytes());
+    png
+}
+
+/// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
+/// target and the mutation fuzzer. The last byte picks the model input and
+/// resize mode, so the stretch and centre-crop paths and the scaled JPEG
+/// decode are all reached. Panics if a decoded tensor holds a non-finite value.
+pub fn fuzz_preprocess(data: &[u8], limits: &crate::preprocess::DecodeLimits) {
+    use crate::preprocess::{PreprocessSpec, ResizeMode, preprocess_bytes, sniff};
+    let _ = sniff(data);
+    let (mode, size) = match data.last().map(|b| b % 4) {
+        Some(0) => (ResizeMode::Stretch, 224),
+        Some(1) => (ResizeMode::CenterCrop, 224),
+        Some(2) => (ResizeMode::Stretch, 16),
+        _ => (ResizeMode::CenterCrop, 3),
+    };
+    let spec = PreprocessSpec { size, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], resize: mode };
+    let mut out = vec![0.0f32; spec.tensor_len()];
+    if preprocess_bytes(data, &spec, limits, &mut out).is_ok() {
+        assert!(out.iter().all(|v| v.is_finite()), "non-finite value in the tensor");
+    }
+}

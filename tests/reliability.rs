@@ -426,24 +426,6 @@ fn a_second_daemon_on_the_same_folder_or_database_is_refused() {
 // Hostile and broken input
 // ---------------------------------------------------------------------------
 
-fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    let mut crc = 0xffff_ffffu32;
-    for &b in &ihdr {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    png.extend_from_slice(&(!crc).to_be_bytes());
-    png
-}
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -467,8 +449,8 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     w(OsStr::new("random.jpg"), &noise);
     w(OsStr::new("png-named.jpg"), &unique_png("green", 2));
     w(OsStr::new("notes.txt"), b"Dear diary, today I practised the cello for three hours.\n");
-    w(OsStr::new("bomb.png"), &huge_png_header(60000, 60000));
-    w(OsStr::new("huge-header.jpg"), &huge_png_header(60000, 60000)); // a PNG bomb named .jpg
+    w(OsStr::new("bomb.png"), &instrument_detector::testkit::png_header_claiming(60000, 60000));
+    w(OsStr::new("huge-header.jpg"), &instrument_detector::testkit::png_header_claiming(60000, 60000)); // a PNG bomb named .jpg
     let mut big = unique_png("blue", 3);
     big.resize(1024 * 1024 + 4096, 0); // a valid PNG padded past 1 MiB
     w(OsStr::new("big.png"), &big);

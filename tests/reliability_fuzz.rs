@@ -14,7 +14,7 @@
 //! The libFuzzer target is `fuzz/fuzz_targets/preprocess.rs` (`cargo +nightly fuzz run preprocess`).
 
 use image::{DynamicImage, ImageFormat, RgbImage};
-use instrument_detector::preprocess::{DecodeLimits, PreprocessSpec, ResizeMode, preprocess_bytes};
+use instrument_detector::preprocess::DecodeLimits;
 use instrument_detector::testkit;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,17 +29,7 @@ fn tight() -> DecodeLimits {
 
 /// The same dispatch as the libFuzzer target.
 fn run_one(data: &[u8], limits: &DecodeLimits) {
-    let (mode, size) = match data.last().map(|b| b % 4) {
-        Some(0) => (ResizeMode::Stretch, 224),
-        Some(1) => (ResizeMode::CenterCrop, 224),
-        Some(2) => (ResizeMode::Stretch, 16),
-        _ => (ResizeMode::CenterCrop, 3),
-    };
-    let spec = PreprocessSpec { size, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], resize: mode };
-    let mut out = vec![0.0f32; spec.tensor_len()];
-    if preprocess_bytes(data, &spec, limits, &mut out).is_ok() {
-        assert!(out.iter().all(|v| v.is_finite()), "non-finite value in the tensor");
-    }
+    testkit::fuzz_preprocess(data, limits);
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {
@@ -236,25 +226,7 @@ fn write_seed_corpus() {
     jpeg.splice(2..2, exif);
     put("exif-rotated.jpg", jpeg);
     // Hostile seeds: a PNG header claiming 60000x60000, and text.
-    put("huge-header.png", huge_png_header(60000, 60000));
+    put("huge-header.png", testkit::png_header_claiming(60000, 60000));
     put("text.txt", b"not an image at all\n".to_vec());
 }
 
-pub fn huge_png_header(w: u32, h: u32) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&w.to_be_bytes());
-    ihdr.extend_from_slice(&h.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    let mut crc = 0xffff_ffffu32;
-    for &b in &ihdr {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
-        }
-    }
-    png.extend_from_slice(&(!crc).to_be_bytes());
-    png
-}
