@@ -301,6 +301,26 @@ pub fn preprocess_bytes(
     Ok(())
 }
 
+/// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
+/// target (which compiles this file on its own, so it lives here) and the
+/// mutation fuzzer. The last byte picks the model input and resize mode, so
+/// the stretch and centre-crop paths and the scaled JPEG decode are reached. Panics if a decoded tensor holds a non-finite value.
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8], limits: &DecodeLimits) {
+    let _ = sniff(data);
+    let (mode, size) = match data.last().map(|b| b % 4) {
+        Some(0) => (ResizeMode::Stretch, 224),
+        Some(1) => (ResizeMode::CenterCrop, 224),
+        Some(2) => (ResizeMode::Stretch, 16),
+        _ => (ResizeMode::CenterCrop, 3),
+    };
+    let spec = PreprocessSpec { size, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], resize: mode };
+    let mut out = vec![0.0f32; spec.tensor_len()];
+    if preprocess_bytes(data, &spec, limits, &mut out).is_ok() {
+        assert!(out.iter().all(|v| v.is_finite()), "non-finite value in the tensor");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -104,22 +104,8 @@ pub fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
-/// target and the mutation fuzzer. The last byte picks the model input and
-/// resize mode, so the stretch and centre-crop paths and the scaled JPEG
-/// decode are all reached. Panics if a decoded tensor holds a non-finite value.
+/// One fuzz input through the bytes-to-tensor path (see
+/// [`crate::preprocess::fuzz_one`], which the libFuzzer target calls directly).
 pub fn fuzz_preprocess(data: &[u8], limits: &crate::preprocess::DecodeLimits) {
-    use crate::preprocess::{PreprocessSpec, ResizeMode, preprocess_bytes, sniff};
-    let _ = sniff(data);
-    let (mode, size) = match data.last().map(|b| b % 4) {
-        Some(0) => (ResizeMode::Stretch, 224),
-        Some(1) => (ResizeMode::CenterCrop, 224),
-        Some(2) => (ResizeMode::Stretch, 16),
-        _ => (ResizeMode::CenterCrop, 3),
-    };
-    let spec = PreprocessSpec { size, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], resize: mode };
-    let mut out = vec![0.0f32; spec.tensor_len()];
-    if preprocess_bytes(data, &spec, limits, &mut out).is_ok() {
-        assert!(out.iter().all(|v| v.is_finite()), "non-finite value in the tensor");
-    }
+    crate::preprocess::fuzz_one(data, limits);
 }

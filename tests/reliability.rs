@@ -673,7 +673,6 @@ fn a_read_only_database_folder_is_refused_clearly() {
 }
 
 #[test]
-#[ignore = "known bug (RELIABILITY.md): after SQLITE_FULL the writer keeps failing with 'database or disk is full' even once space returns; run with --ignored"]
 fn disk_full_pauses_writes_corrupts_nothing_and_resumes() {
     let s = Setup::new();
     let dbdir = s.tmp.path().join("small-disk");

@@ -180,10 +180,16 @@ pub async fn write_status_forever(monitor: Arc<Monitor>) {
     let path = status_path(&monitor.db);
     let tmp = path.with_extension("json.tmp");
     loop {
-        if let Ok(json) = serde_json::to_vec_pretty(&monitor.report())
-            && std::fs::write(&tmp, json).is_ok()
-        {
-            let _ = std::fs::rename(&tmp, &path);
+        if let Ok(json) = serde_json::to_vec_pretty(&monitor.report()) {
+            match std::fs::write(&tmp, json) {
+                Ok(()) => {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+                // A full disk: leave the last complete status file, not a torn temporary one.
+                Err(_) => {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

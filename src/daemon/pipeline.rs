@@ -452,6 +452,14 @@ fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Ve
                     backoff
                 );
                 std::thread::sleep(backoff);
+                // Space may have come back while we slept: shrink the WAL first, or the
+                // retries would fill the freed space with WAL frames that no automatic
+                // checkpoint ever copies out (it waits for 1000 pages).
+                match store.checkpoint_truncate() {
+                    Ok(true) => tracing::info!("database checkpointed: the write-ahead log was copied into the database and truncated"),
+                    Ok(false) => tracing::warn!("database checkpoint could not finish (a reader holds old frames); retrying the write anyway"),
+                    Err(e) => tracing::warn!("database checkpoint failed: {e}"),
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }

@@ -163,7 +163,29 @@ impl Store {
         // NORMAL is durable across process crashes in WAL mode; only an OS crash
         // can lose the last transactions, which the next scan then redoes.
         self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // Checkpoint every 256 pages (1 MiB) rather than SQLite's 1000 (4 MiB),
+        // and give the WAL's disk space back beyond 64 MiB after a checkpoint.
+        // The WAL only restarts from its beginning after a checkpoint; on a disk
+        // with little room left, a WAL waiting for 4 MiB can fill the disk before
+        // it ever checkpoints, and then the checkpoint itself (which must grow
+        // the main file) cannot run either. Found by the disk-full test.
+        self.conn.execute_batch("PRAGMA wal_autocheckpoint = 256; PRAGMA journal_size_limit = 67108864;")?;
         Ok(())
+    }
+
+    /// Copies the WAL into the main file and truncates the WAL to zero bytes.
+    ///
+    /// The automatic checkpoint only runs once the WAL holds 1000 pages
+    /// (4 MB); on a nearly full disk it may never get there, and then every
+    /// later commit appends to a WAL that has nowhere left to grow. The
+    /// writer calls this after a failed commit, so that space freed on the
+    /// disk is not simply eaten again by the WAL. Returns whether the
+    /// checkpoint completed (false when a reader still needs old frames, or
+    /// the main file could not grow).
+    pub fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+        let (busy, _log, _done): (i64, i64, i64) =
+            self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(busy == 0)
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {

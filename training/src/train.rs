@@ -136,6 +136,9 @@ pub struct TrainArgs {
     /// Decoding threads (default: number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// libtorch compute threads (default: number of CPUs); fewer leaves cores for other work.
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// Mixed precision (bf16 autocast) on CUDA.
@@ -305,7 +308,7 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
     install_ctrlc();
     let started = Instant::now();
     let device = pick_device(args.device)?;
-    tch::set_num_threads(cores() as i32);
+    tch::set_num_threads(args.threads.unwrap_or_else(cores).max(1) as i32);
     tch::manual_seed(args.seed as i64);
     let ds = Dataset::open(&args.data)?;
     if ds.train.is_empty() || ds.valid.is_empty() {

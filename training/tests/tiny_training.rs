@@ -53,6 +53,7 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
         augment: AugmentLevel::Light,
         size: 32,
         workers: Some(2),
+        threads: None,
         device: DeviceChoice::Cpu,
         amp: false,
         resume: None,
