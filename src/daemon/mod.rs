@@ -249,7 +249,10 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
 
     // Pipeline threads.
     let workers = cfg.workers.max(1);
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<PathBuf>(workers * 2);
+    // Paths are small: the work queue holds as many as the intake may, so a
+    // burst never waits on the intake's next wake-up to reach the workers.
+    // Memory stays bounded by the decoded-tensor queue below, not by this one.
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<PathBuf>(cfg.queue.max(16));
     let (job_tx, job_rx) = crossbeam_channel::bounded::<pipeline::Job>(max_batch * 2);
     let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteMsg>(64);
 
@@ -422,7 +425,7 @@ fn start_watcher(
     tx: mpsc::Sender<IntakeMsg>,
     shared: Arc<Shared>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
-    use notify::event::{EventKind, ModifyKind, RenameMode};
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
     use notify::{RecursiveMode, Watcher};
     let handler = move |res: notify::Result<notify::Event>| match res {
         Ok(event) => {
@@ -441,6 +444,11 @@ fn start_watcher(
                     }
                     v.extend(it.map(IntakeMsg::Candidate));
                     v
+                }
+                // A writer closed the file: the moment it most likely became
+                // complete, so its settle timer restarts from here.
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                    event.paths.into_iter().map(IntakeMsg::Candidate).collect()
                 }
                 EventKind::Access(_) => Vec::new(),
                 _ => event.paths.into_iter().map(IntakeMsg::Candidate).collect(),
@@ -497,8 +505,10 @@ impl Intake {
     async fn run(self, mut rx: mpsc::Receiver<IntakeMsg>, cancel: CancellationToken) {
         let mut settler = settle::Settler::new(self.cfg.settle, self.cfg.queue.max(16));
         let mut ready: VecDeque<PathBuf> = VecDeque::new();
-        let tick_every = (self.cfg.settle / 4).clamp(Duration::from_millis(10), Duration::from_millis(250));
-        let mut tick = tokio::time::interval(tick_every);
+        // Housekeeping (scans, gauges) runs on a tick; settling does not: the
+        // loop sleeps until the next candidate is due, so a file is taken one
+        // settle interval after it stopped changing.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let scanning = Arc::new(AtomicBool::new(false));
         let mut every = self.poll.unwrap_or(self.cfg.reconcile);
@@ -506,6 +516,13 @@ impl Intake {
         self.start_scan(self.root.clone(), &scanning, true); // start-up reconcile
         loop {
             let accepting = settler.len() + ready.len() < self.cfg.queue.max(16);
+            // While paths wait for room in the work queue, retry soon; otherwise
+            // sleep until the next candidate is due (or an hour when none is).
+            let wake = if ready.is_empty() {
+                settler.next_due().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+            } else {
+                Instant::now() + Duration::from_millis(5)
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv(), if accepting => match msg {
@@ -518,6 +535,10 @@ impl Intake {
                         }
                     }
                 },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    ready.extend(settler.poll(Instant::now(), settle::observe));
+                    self.dispatch(&mut ready, &mut settler);
+                }
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if every > POLL_FALLBACK && self.shared.watches_exhausted.load(Ordering::SeqCst) {

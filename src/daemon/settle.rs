@@ -6,7 +6,7 @@
 //! dropped its watcher over exactly this). Events only say "something changed",
 //! so the settler keeps looking until nothing does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,16 +33,23 @@ struct Pending {
 }
 
 /// Candidates waiting to settle. Bounded: callers stop offering at `capacity`.
+///
+/// Each candidate is due exactly one interval after its last look, and the
+/// caller sleeps until [`Settler::next_due`], so a file is taken one settle
+/// interval after it stopped changing, not at the next tick of a clock.
+/// `due` holds (due time, path) in the order looks were taken, which is the
+/// order they fall due; entries made stale by a newer look are skipped.
 #[derive(Debug)]
 pub struct Settler {
     interval: Duration,
     capacity: usize,
     pending: HashMap<PathBuf, Pending>,
+    due: VecDeque<(Instant, PathBuf)>,
 }
 
 impl Settler {
     pub fn new(interval: Duration, capacity: usize) -> Self {
-        Settler { interval, capacity, pending: HashMap::new() }
+        Settler { interval, capacity, pending: HashMap::new(), due: VecDeque::new() }
     }
 
     pub fn len(&self) -> usize {
@@ -57,15 +64,28 @@ impl Settler {
         self.pending.len() >= self.capacity
     }
 
-    /// Starts watching `path` with its first look. A path already pending keeps
-    /// its timer: the next look decides.
-    pub fn offer(&mut self, path: PathBuf, first: Option<Observation>, now: Instant) {
-        if self.pending.contains_key(&path) {
+    /// When the earliest candidate is due for its second look.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|(at, _)| *at)
+    }
+
+    /// Offers `path` with a fresh look. A new path starts its timer now. For a
+    /// path already pending (another event on it), a look that differs from
+    /// the last one restarts the timer from now: the file is still being
+    /// written, and it is due one interval after this change. An unchanged
+    /// look keeps the timer.
+    pub fn offer(&mut self, path: PathBuf, look: Option<Observation>, now: Instant) {
+        let Some(obs) = look else { return };
+        if let Some(p) = self.pending.get_mut(&path) {
+            if p.last != obs {
+                p.last = obs;
+                p.looked_at = now;
+                self.due.push_back((now + self.interval, path));
+            }
             return;
         }
-        if let Some(last) = first {
-            self.pending.insert(path, Pending { last, looked_at: now });
-        }
+        self.pending.insert(path.clone(), Pending { last: obs, looked_at: now });
+        self.due.push_back((now + self.interval, path));
     }
 
     /// Takes a second look at every candidate whose last look is at least one
@@ -73,24 +93,30 @@ impl Settler {
     /// tests can drive time and file state by hand.
     pub fn poll(&mut self, now: Instant, mut look: impl FnMut(&Path) -> Option<Observation>) -> Vec<PathBuf> {
         let mut ready = Vec::new();
-        let interval = self.interval;
-        self.pending.retain(|path, p| {
-            if now.duration_since(p.looked_at) < interval {
-                return true;
+        while let Some((at, _)) = self.due.front() {
+            if *at > now {
+                break;
             }
-            match look(path) {
-                None => false, // gone (or became a directory): nothing to do
+            let (at, path) = self.due.pop_front().expect("front exists");
+            let Some(p) = self.pending.get_mut(&path) else { continue };
+            if p.looked_at + self.interval != at {
+                continue; // a newer look superseded this entry
+            }
+            match look(&path) {
+                None => {
+                    self.pending.remove(&path); // gone (or became a directory): nothing to do
+                }
                 Some(obs) if obs == p.last => {
-                    ready.push(path.clone());
-                    false
+                    self.pending.remove(&path);
+                    ready.push(path);
                 }
                 Some(obs) => {
                     p.last = obs;
                     p.looked_at = now;
-                    true
+                    self.due.push_back((now + self.interval, path));
                 }
             }
-        });
+        }
         ready.sort();
         ready
     }
@@ -99,6 +125,41 @@ impl Settler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_with_a_changed_look_restarts_the_timer_from_the_event() {
+        let t0 = Instant::now();
+        let iv = Duration::from_millis(200);
+        let mut s = Settler::new(iv, 10);
+        s.offer("a.jpg".into(), obs(0, 1), t0); // created, still empty
+        assert_eq!(s.next_due(), Some(t0 + iv));
+        let closed = t0 + Duration::from_millis(30);
+        s.offer("a.jpg".into(), obs(5000, 2), closed); // written and closed
+        // The stale entry is skipped without a look; the file is not due yet.
+        assert!(s.poll(t0 + iv, |_| panic!("looked at a superseded entry")).is_empty());
+        assert_eq!(s.next_due(), Some(closed + iv));
+        assert_eq!(s.poll(closed + iv, |_| obs(5000, 2)), vec![PathBuf::from("a.jpg")]);
+        assert!(s.is_empty() && s.next_due().is_none());
+    }
+
+    #[test]
+    fn candidates_fall_due_in_order_and_only_those_due_are_looked_at() {
+        let t0 = Instant::now();
+        let iv = Duration::from_millis(100);
+        let mut s = Settler::new(iv, 100);
+        for i in 0..10u64 {
+            s.offer(format!("f{i}").into(), obs(i, 1), t0 + Duration::from_millis(10 * i));
+        }
+        let mut looked = 0;
+        let ready = s.poll(t0 + Duration::from_millis(145), |p| {
+            looked += 1;
+            let i: u64 = p.to_str().unwrap()[1..].parse().unwrap();
+            obs(i, 1)
+        });
+        assert_eq!(looked, 5, "f0..f4 are due at 100..140 ms, f5 at 150 ms");
+        assert_eq!(ready.len(), 5);
+        assert_eq!(s.next_due(), Some(t0 + Duration::from_millis(150)));
+    }
 
     fn obs(size: u64, secs: u64) -> Option<Observation> {
         Some(Observation { size, mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(secs) })
@@ -137,12 +198,14 @@ mod tests {
         let iv = Duration::from_millis(10);
         let mut s = Settler::new(iv, 2);
         s.offer("a".into(), obs(1, 1), t0);
-        s.offer("a".into(), obs(2, 2), t0 + iv); // keeps the first look
+        s.offer("a".into(), obs(1, 1), t0 + iv / 2); // same look: keeps its timer
         s.offer("b".into(), obs(1, 1), t0);
+        assert_eq!(s.len(), 2);
         assert!(s.is_full());
         s.offer("c".into(), None, t0); // unreadable at first look: never pending
         let ready = s.poll(t0 + iv, |p| if p == Path::new("a") { obs(1, 1) } else { None });
         assert_eq!(ready, vec![PathBuf::from("a")]);
         assert!(s.is_empty());
+        assert_eq!(s.next_due(), None);
     }
 }
