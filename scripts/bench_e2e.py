@@ -13,7 +13,8 @@ as possible and poll the database until every one has a committed row.
 
 Prints one JSON line: images, seconds (first copy to last commit), images_per_s,
 latency percentiles (copy finished -> row committed, ms), single-photo latency,
-peak RSS of the daemon (kB, from /usr/bin/time -v), settle_ms.
+peak RSS of the daemon (kB, from /usr/bin/time -v), the daemon's CPU time over
+its whole life (user + system, s; start-up and warm-up included), settle_ms.
 """
 import argparse
 import datetime as dt
@@ -149,17 +150,20 @@ def main():
                 os.kill(c, signal.SIGKILL)
             daemon.wait(10)
     rss = None
+    cpu_s = 0.0
     with open(time_log) as f:
         for line in f:
             if "Maximum resident set size" in line:
                 rss = int(line.split(":")[1])
+            if "User time (seconds)" in line or "System time (seconds)" in line:
+                cpu_s += float(line.split(":")[1])
     secs = t_last - t0
     print(json.dumps({
         "mode": args.label, "images": len(names), "seconds": round(secs, 3),
         "images_per_s": round(len(names) / secs, 2), "copy_s": round(t_copied - t0, 3),
         "latency_ms_p50": pct(lat, 50), "latency_ms_p90": pct(lat, 90), "latency_ms_p99": pct(lat, 99),
         "single_photo_ms": round(single_ms, 1), "settle_ms": args.settle_ms, "peak_rss_kb": rss,
-        "backend": args.backend,
+        "daemon_cpu_s": round(cpu_s, 2), "backend": args.backend,
     }))
     shutil.rmtree(work, ignore_errors=True)
 

@@ -52,7 +52,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn engine_options(&self) -> EngineOptions {
-        EngineOptions { threads: self.threads, ort_lib: self.ort_lib.clone(), cuda_device: 0 }
+        EngineOptions { threads: self.threads, ort_lib: self.ort_lib.clone(), cuda_device: 0, ort_lanes: None }
     }
     fn model_path(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(commands::default_model_path)

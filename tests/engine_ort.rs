@@ -205,6 +205,33 @@ fn explicit_thread_count_is_accepted() {
     assert_eq!(out.shape(), [3, 3]);
 }
 
+/// A batch split across several single-threaded sessions ("lanes") gives
+/// the rows, in order, that one session gives, for every way the rows divide.
+#[test]
+fn lanes_split_a_batch_and_keep_its_order() {
+    let model = LoadedModel::from_bytes(Path::new("conv.onnx"), conv_model(24, 5, 7)).unwrap();
+    let open_lanes = |lanes: usize| {
+        let options = EngineOptions { threads: Some(3), ort_lanes: Some(lanes), ..Default::default() };
+        engine::open(&model, BackendChoice::OrtCpu, &options).map_err(|e| e.to_string()).unwrap().0
+    };
+    let (mut one, mut three) = (open_lanes(1), open_lanes(3));
+    let all = images(&model);
+    assert_eq!(all.shape()[0], 12);
+    for rows in [1usize, 2, 3, 4, 5, 7, 12] {
+        let batch = all.slice(ndarray::s![..rows, .., .., ..]);
+        let expected = one.run(batch).unwrap();
+        let got = three.run(batch).unwrap();
+        assert_eq!(got.shape(), expected.shape(), "{rows} rows");
+        for (a, b) in got.iter().zip(&expected) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{rows} rows: {a} vs {b}");
+        }
+    }
+    // Different images per row, so a reordering would show.
+    let out = three.run(all.view()).unwrap();
+    let rows: Vec<Vec<f32>> = out.rows().into_iter().map(|r| r.to_vec()).collect();
+    assert!(rows.windows(2).any(|w| w[0] != w[1]), "the test images must differ");
+}
+
 #[test]
 fn cuda_without_a_gpu_fails_clearly() {
     // This machine has no GPU (and the CPU wheel has no CUDA provider): naming

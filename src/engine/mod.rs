@@ -64,6 +64,10 @@ pub struct EngineOptions {
     pub ort_lib: Option<PathBuf>,
     /// CUDA device ordinal.
     pub cuda_device: i32,
+    /// ONNX Runtime CPU sessions a batch is split across (see
+    /// `ort_backend::OrtClassifier`); `None`: `INSTRUMENT_DETECTOR_ORT_LANES`
+    /// if set, else one per thread. 1 is one session with `threads` threads.
+    pub ort_lanes: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -195,14 +195,37 @@ pub fn loaded_library() -> Option<(&'static Path, LibrarySource)> {
     }
 }
 
-/// One model in one ONNX Runtime session.
+/// One model in one or more ONNX Runtime sessions ("lanes").
+///
+/// On the CPU the default is one single-threaded session per physical core,
+/// and a batch is split across them (each lane runs its rows on its own
+/// thread). One session with N intra-op threads splits every *operator*
+/// across the cores instead, and each operator ends in a barrier: when a
+/// decode thread takes a core for a moment, the other core waits at the
+/// barrier. Lanes only meet at the end of the batch, so the decoders that
+/// share the machine with inference cost what they use and no more. Measured
+/// in BENCHMARKS.md ("lanes"). CUDA uses one lane.
 pub struct OrtClassifier {
     backend: Backend,
-    session: Session,
+    lanes: Vec<Lane>,
     input_name: String,
+    output_name: String,
+}
+
+struct Lane {
+    session: Session,
     /// Computes only the output we read, even if the graph has more.
     run_options: RunOptions<HasSelectedOutputs>,
-    output_name: String,
+}
+
+/// How many lanes a CPU session gets: the option, else
+/// `INSTRUMENT_DETECTOR_ORT_LANES` if set (1 restores one session with
+/// `threads` intra-op threads), else one per thread.
+fn cpu_lanes(option: Option<usize>, threads: usize) -> usize {
+    option
+        .or_else(|| std::env::var("INSTRUMENT_DETECTOR_ORT_LANES").ok().and_then(|v| v.trim().parse::<usize>().ok()))
+        .unwrap_or(threads)
+        .clamp(1, threads.max(1))
 }
 
 impl OrtClassifier {
@@ -218,56 +241,70 @@ impl OrtClassifier {
         let rt = runtime(options).map_err(unavailable)?;
         let threads = options.threads.unwrap_or_else(super::physical_cores).max(1);
 
-        let builder = Session::builder(&rt.env)
-            .map_err(|e| unavailable(format!("cannot create ONNX Runtime session options: {e}")))?;
-        // Optimisation and threading settings are best effort: a minimal ORT
-        // build may refuse one, and the session still works without it.
-        let mut builder: SessionBuilder = builder
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .unwrap_or_else(|e| {
-                tracing::debug!("ONNX Runtime refused full graph optimisation: {e}");
-                e.recover()
-            })
-            .with_intra_threads(threads)
-            .unwrap_or_else(|e| {
-                tracing::debug!("ONNX Runtime refused {threads} intra-op threads: {e}");
-                e.recover()
-            })
-            .with_inter_threads(1)
-            .unwrap_or_else(|e| e.recover());
-        if cuda {
-            let provider = ort::ep::CUDA::default().with_device_id(options.cuda_device).build().error_on_failure();
-            builder = builder.with_execution_providers([provider]).map_err(|e| {
-                unavailable(format!(
-                    "the CUDA execution provider (device {}) could not be registered: {e} \
-                     (CUDA needs the onnxruntime-gpu==1.31.1 wheel, CUDA 13 and cuDNN 9: \
-                     ORT_PACKAGE=onnxruntime-gpu scripts/setup-python.sh)",
-                    options.cuda_device
-                ))
-            })?;
-        }
-        let session = builder.commit_from_memory(&model.bytes).map_err(|e| {
+        let lanes_n = if cuda { 1 } else { cpu_lanes(options.ort_lanes, threads) };
+        let intra = if lanes_n > 1 { 1 } else { threads };
+        let open_session = || -> Result<Session, EngineError> {
+            let builder = Session::builder(&rt.env)
+                .map_err(|e| unavailable(format!("cannot create ONNX Runtime session options: {e}")))?;
+            // Optimisation and threading settings are best effort: a minimal ORT
+            // build may refuse one, and the session still works without it.
+            let mut builder: SessionBuilder = builder
+                .with_optimization_level(GraphOptimizationLevel::All)
+                .unwrap_or_else(|e| {
+                    tracing::debug!("ONNX Runtime refused full graph optimisation: {e}");
+                    e.recover()
+                })
+                .with_intra_threads(intra)
+                .unwrap_or_else(|e| {
+                    tracing::debug!("ONNX Runtime refused {intra} intra-op threads: {e}");
+                    e.recover()
+                })
+                .with_inter_threads(1)
+                .unwrap_or_else(|e| e.recover());
             if cuda {
-                // With CUDA registered, a failure here is nearly always the
-                // device or its libraries (no device, driver, cuDNN); the CPU
-                // attempt that follows in `auto` reports genuine model errors.
-                unavailable(format!(
-                    "ONNX Runtime could not create a session with the CUDA execution provider (device {}): {e}",
-                    options.cuda_device
-                ))
-            } else {
-                model_err(format!("ONNX Runtime refused the model: {e}"))
+                let provider = ort::ep::CUDA::default().with_device_id(options.cuda_device).build().error_on_failure();
+                builder = builder.with_execution_providers([provider]).map_err(|e| {
+                    unavailable(format!(
+                        "the CUDA execution provider (device {}) could not be registered: {e} \
+                         (CUDA needs the onnxruntime-gpu==1.31.1 wheel, CUDA 13 and cuDNN 9: \
+                         ORT_PACKAGE=onnxruntime-gpu scripts/setup-python.sh)",
+                        options.cuda_device
+                    ))
+                })?;
             }
-        })?;
-
-        let (input_name, output_name) = check_io(&session).map_err(model_err)?;
-        let run_options = RunOptions::new()
-            .map_err(|e| unavailable(format!("cannot create ONNX Runtime run options: {e}")))?
-            .with_outputs(OutputSelector::no_default().with(output_name.clone()));
+            builder.commit_from_memory(&model.bytes).map_err(|e| {
+                if cuda {
+                    // With CUDA registered, a failure here is nearly always the
+                    // device or its libraries (no device, driver, cuDNN); the CPU
+                    // attempt that follows in `auto` reports genuine model errors.
+                    unavailable(format!(
+                        "ONNX Runtime could not create a session with the CUDA execution provider (device {}): {e}",
+                        options.cuda_device
+                    ))
+                } else {
+                    model_err(format!("ONNX Runtime refused the model: {e}"))
+                }
+            })
+        };
+        let first = open_session()?;
+        let (input_name, output_name) = check_io(&first).map_err(model_err)?;
+        let mut lanes = Vec::with_capacity(lanes_n);
+        for i in 0..lanes_n {
+            let session = if i == 0 { None } else { Some(open_session()?) };
+            let run_options = RunOptions::new()
+                .map_err(|e| unavailable(format!("cannot create ONNX Runtime run options: {e}")))?
+                .with_outputs(OutputSelector::no_default().with(output_name.clone()));
+            lanes.push((session, run_options));
+        }
+        let mut first = Some(first);
+        let lanes: Vec<Lane> = lanes
+            .into_iter()
+            .map(|(session, run_options)| Lane { session: session.or_else(|| first.take()).expect("one first session"), run_options })
+            .collect();
         tracing::debug!(
-            "{backend}: ONNX Runtime session ready (input '{input_name}', output '{output_name}', {threads} intra-op threads)"
+            "{backend}: ONNX Runtime ready (input '{input_name}', output '{output_name}', {lanes_n} session(s) of {intra} intra-op thread(s))"
         );
-        Ok(OrtClassifier { backend, session, input_name, run_options, output_name })
+        Ok(OrtClassifier { backend, lanes, input_name, output_name })
     }
 }
 
@@ -321,29 +358,65 @@ impl Classifier for OrtClassifier {
 
     fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
         let backend = self.backend;
-        let err = |reason: String| EngineError::Inference { backend, reason };
         let rows = batch.shape()[0];
-        // A standard-layout view is handed to ONNX Runtime as it is (no copy);
-        // anything else is made contiguous once.
-        let contiguous = batch.as_standard_layout();
-        let input =
-            TensorRef::from_array_view(contiguous.view()).map_err(|e| err(format!("cannot wrap the batch: {e}")))?;
-        let outputs = self
-            .session
-            .run_with_options(ort::inputs![self.input_name.as_str() => input], &self.run_options)
-            .map_err(|e| err(e.to_string()))?;
-        let value = outputs
-            .get(&self.output_name)
-            .ok_or_else(|| err(format!("ONNX Runtime returned no '{}' output", self.output_name)))?;
-        let (shape, data) =
-            value.try_extract_tensor::<f32>().map_err(|e| err(format!("output '{}': {e}", self.output_name)))?;
-        let dims: Vec<i64> = shape.iter().copied().collect();
-        if dims.first().copied() != Some(rows as i64) {
-            return Err(err(format!("a batch of {rows} produced output shape {dims:?}")));
+        let lanes = self.lanes.len().min(rows).max(1);
+        if lanes == 1 {
+            return run_lane(&mut self.lanes[0], backend, &self.input_name, &self.output_name, batch);
         }
-        let cols = data.len().checked_div(rows).unwrap_or_else(|| dims.iter().skip(1).product::<i64>().max(0) as usize);
-        Array2::from_shape_vec((rows, cols), data.to_vec()).map_err(|e| err(e.to_string()))
+        // Contiguous row ranges, one per lane; the first runs on this thread.
+        let per = rows.div_ceil(lanes);
+        let (input_name, output_name) = (self.input_name.as_str(), self.output_name.as_str());
+        let results: Vec<Result<Array2<f32>, EngineError>> = std::thread::scope(|scope| {
+            let mut parts = self.lanes.iter_mut().take(lanes).enumerate().map(|(i, lane)| {
+                let (start, end) = ((i * per).min(rows), ((i + 1) * per).min(rows));
+                (lane, batch.slice(ndarray::s![start..end, .., .., ..]))
+            });
+            let (lane0, view0) = parts.next().expect("at least one lane");
+            let handles: Vec<_> = parts
+                .filter(|(_, v)| v.shape()[0] > 0)
+                .map(|(lane, view)| scope.spawn(move || run_lane(lane, backend, input_name, output_name, view)))
+                .collect();
+            let mut out = vec![run_lane(lane0, backend, input_name, output_name, view0)];
+            for h in handles {
+                out.push(h.join().unwrap_or_else(|_| {
+                    Err(EngineError::Inference { backend, reason: "an inference thread panicked".into() })
+                }));
+            }
+            out
+        });
+        let parts = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let views: Vec<_> = parts.iter().map(|a| a.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views)
+            .map_err(|e| EngineError::Inference { backend, reason: format!("joining the lanes' outputs: {e}") })
     }
+}
+
+/// Runs one batch (or one lane's rows of it) through one session.
+fn run_lane(
+    lane: &mut Lane,
+    backend: Backend,
+    input_name: &str,
+    output_name: &str,
+    batch: ArrayView4<'_, f32>,
+) -> Result<Array2<f32>, EngineError> {
+    let err = |reason: String| EngineError::Inference { backend, reason };
+    let rows = batch.shape()[0];
+    // A standard-layout view is handed to ONNX Runtime as it is (no copy);
+    // anything else is made contiguous once.
+    let contiguous = batch.as_standard_layout();
+    let input = TensorRef::from_array_view(contiguous.view()).map_err(|e| err(format!("cannot wrap the batch: {e}")))?;
+    let outputs = lane
+        .session
+        .run_with_options(ort::inputs![input_name => input], &lane.run_options)
+        .map_err(|e| err(e.to_string()))?;
+    let value = outputs.get(output_name).ok_or_else(|| err(format!("ONNX Runtime returned no '{output_name}' output")))?;
+    let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output '{output_name}': {e}")))?;
+    let dims: Vec<i64> = shape.iter().copied().collect();
+    if dims.first().copied() != Some(rows as i64) {
+        return Err(err(format!("a batch of {rows} produced output shape {dims:?}")));
+    }
+    let cols = data.len().checked_div(rows).unwrap_or_else(|| dims.iter().skip(1).product::<i64>().max(0) as usize);
+    Array2::from_shape_vec((rows, cols), data.to_vec()).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
