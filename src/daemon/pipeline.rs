@@ -295,14 +295,22 @@ pub fn batcher_loop(
             continue;
         }
         let n = batch.len();
-        let mut input = ndarray::Array4::<f32>::zeros((n, 3, size, size));
-        if let Some(flat) = input.as_slice_mut() {
-            for (i, job) in batch.iter().enumerate() {
-                flat[i * per_image..(i + 1) * per_image].copy_from_slice(&job.tensor);
-            }
+        // Copied once into one contiguous batch (no zero-fill first: every
+        // element is written by the copies).
+        let mut flat = Vec::with_capacity(n * per_image);
+        for job in &batch {
+            flat.extend_from_slice(&job.tensor);
         }
         let started = Instant::now();
-        let result = engine.run(input.view());
+        let result = match ndarray::Array4::from_shape_vec((n, 3, size, size), flat) {
+            Ok(input) => engine.run(input.view()),
+            // Cannot happen (every tensor was made for this model); if it did,
+            // the files get error rows instead of being dropped.
+            Err(e) => Err(crate::engine::EngineError::Inference {
+                backend: engine.backend(),
+                reason: format!("{n} tensors do not make a ({n}, 3, {size}, {size}) batch: {e}"),
+            }),
+        };
         let elapsed = started.elapsed();
         shared.stats.batches.fetch_add(1, Ordering::Relaxed);
         shared.stats.infer_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
