@@ -63,13 +63,33 @@ def committed(db_path, names):
     return out
 
 
+def row_count(db_path):
+    try:
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        n = con.execute("select count(*) from files where status in ('ok','error')").fetchone()[0]
+        con.close()
+        return n
+    except sqlite3.Error:
+        return 0
+
+
 def wait_rows(db, names, timeout):
+    """Waits until every name has a committed row; returns name -> committed time.
+
+    The times are the daemon's own `classified_at`, so how often this looks
+    does not change what is measured; but looking costs CPU on the same two
+    cores. An earlier version read every row every 10 ms, which took a
+    measurable share of a core from the daemon during a 1,000-file burst. Now
+    it counts rows (cheap) every 20 ms and reads them only once the count says
+    they may all be there.
+    """
     deadline = time.time() + timeout
     while time.time() < deadline:
-        got = committed(db, names)
-        if len(got) == len(names):
-            return got
-        time.sleep(0.01)
+        if row_count(db) >= len(names):
+            got = committed(db, names)
+            if len(got) == len(names):
+                return got
+        time.sleep(0.02)
     raise SystemExit(f"timed out: {len(committed(db, names))} of {len(names)} rows after {timeout}s")
 
 
