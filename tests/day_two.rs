@@ -100,9 +100,20 @@ fn metrics_status_and_organize() {
 
 #[test]
 fn a_new_model_file_is_picked_up_and_a_broken_one_refused() {
+    model_swap(&[], 1);
+}
+
+/// On ORT with two threads the engine splits into two lanes, each with its own
+/// batcher: every batcher must get its own piece of the new model.
+#[test]
+fn a_model_swap_reaches_every_batcher_on_ort_lanes() {
+    model_swap(&["--backend", "ort-cpu", "--threads", "2", "--batch-size", "4"], 2);
+}
+
+fn model_swap(extra: &[&str], batchers: usize) {
     let s = Setup::new();
     s.write_image("before.png", "red", ImageFormat::Png, 1);
-    let mut d = s.start(&[]);
+    let mut d = s.start(extra);
     wait_for(30, "first row", || s.count(DONE) == 1);
     let old_sha = s.query(&[])[0]["model_sha256"].clone();
 
@@ -110,20 +121,26 @@ fn a_new_model_file_is_picked_up_and_a_broken_one_refused() {
     let tmp = s.tmp.path().join("new.onnx");
     std::fs::write(&tmp, instrument_detector::testkit::color_model(16)).unwrap();
     std::fs::rename(&tmp, &s.model).unwrap();
-    wait_for(30, "the switch", || d.log().contains("switched to the new model"));
-    s.write_image("after.png", "blue", ImageFormat::Png, 2);
-    wait_for(30, "second row", || s.count(DONE) == 2);
+    wait_for(30, "the switch", || d.log().matches("switched to the new model").count() == batchers);
+    // Enough files that both batchers take some.
+    let colours = ["blue", "green", "red"];
+    for i in 0..12u32 {
+        s.write_image(&format!("after-{i}.png"), colours[i as usize % 3], ImageFormat::Png, 10 + i);
+    }
+    wait_for(30, "the rows after the switch", || s.count(DONE) == 13);
     let rows = s.query(&[]);
-    let after = rows.iter().find(|r| r["path"].as_str().unwrap().ends_with("after.png")).unwrap();
-    assert_ne!(after["model_sha256"], old_sha);
-    assert_eq!(after["label"], "blue");
+    for i in 0..12usize {
+        let after = rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(&format!("after-{i}.png"))).unwrap();
+        assert_ne!(after["model_sha256"], old_sha, "after-{i}.png used the old model");
+        assert_eq!(after["label"], colours[i % 3], "after-{i}.png");
+    }
 
     // A broken model is refused; the daemon keeps working with the last good one.
     std::fs::write(s.tmp.path().join("bad.onnx"), b"garbage").unwrap();
     std::fs::rename(s.tmp.path().join("bad.onnx"), &s.model).unwrap();
     wait_for(30, "the refusal", || d.log().contains("new model refused"));
     s.write_image("later.png", "green", ImageFormat::Png, 3);
-    wait_for(30, "third row", || s.count(DONE) == 3);
-    assert_eq!(s.count("SELECT count(*) FROM predictions"), 3, "nothing duplicated");
+    wait_for(30, "the last row", || s.count(DONE) == 14);
+    assert_eq!(s.count("SELECT count(*) FROM predictions"), 14, "nothing duplicated");
     assert!(d.stop().success());
 }

@@ -265,15 +265,26 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
                 .spawn(move || pipeline::writer_loop(shared, store, write_rx, organizer))?
         }
     };
-    let (swap_tx, swap_rx) = crossbeam_channel::bounded::<pipeline::ModelSwap>(1);
-    let batcher = {
-        let (shared, model, write_tx) = (shared.clone(), model.clone(), write_tx.clone());
+    // One batcher per independent piece of the engine (ORT CPU: one per core),
+    // all taking from the same queue of tensors; the batch size is shared
+    // between them, so a round of inference still covers `max_batch` images.
+    let pieces = engine.split();
+    let per_batcher = max_batch.div_ceil(pieces.len()).max(1);
+    let mut swap_txs = Vec::with_capacity(pieces.len());
+    let mut batchers = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let (swap_tx, swap_rx) = crossbeam_channel::bounded::<pipeline::ModelSwap>(1);
+        swap_txs.push(swap_tx);
+        let (shared, model, write_tx, job_rx) = (shared.clone(), model.clone(), write_tx.clone(), job_rx.clone());
         let wait = cfg.batch_wait;
-        std::thread::Builder::new()
-            .name("batcher".into())
-            .spawn(move || pipeline::batcher_loop(shared, model, engine, max_batch, wait, job_rx, write_tx, swap_rx))?
-    };
-    let reload_task = tokio::spawn(watch_model(cfg.clone(), shared.clone(), swap_tx));
+        batchers.push(
+            std::thread::Builder::new().name(format!("batcher-{i}")).spawn(move || {
+                pipeline::batcher_loop(shared, model, piece, per_batcher, wait, job_rx, write_tx, swap_rx)
+            })?,
+        );
+    }
+    drop(job_rx);
+    let reload_task = tokio::spawn(watch_model(cfg.clone(), shared.clone(), swap_txs));
     let ctx = Arc::new(pipeline::WorkerContext {
         shared: shared.clone(),
         limits: cfg.limits,
@@ -359,7 +370,9 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         for h in worker_handles {
             let _ = h.join();
         }
-        let _ = batcher.join();
+        for b in batchers {
+            let _ = b.join();
+        }
         let _ = writer.join();
     })
     .await?;
@@ -377,7 +390,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
 /// A new model is loaded, validated and opened on the same backend choice off
 /// the pipeline; only a model that passes all of that reaches the batcher, so
 /// a broken file is refused and the old model stays.
-async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: crossbeam_channel::Sender<pipeline::ModelSwap>) {
+async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: Vec<crossbeam_channel::Sender<pipeline::ModelSwap>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
@@ -394,21 +407,32 @@ async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: crossbeam_cha
         }
         last = now;
         let (cfg2, current) = (cfg.clone(), shared.current_model().sha256.clone());
-        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<pipeline::ModelSwap>> {
+        let batchers = swaps.len();
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<(Arc<LoadedModel>, Vec<Box<dyn engine::Classifier>>)>> {
             let m = LoadedModel::load(&cfg2.model)?;
             if m.sha256 == current {
                 return Ok(None);
             }
-            let (e, _) = engine::open(&m, cfg2.backend, &cfg2.engine)?;
+            // One piece per batcher: one open gives as many as the engine
+            // splits into (ORT CPU: one per core); should the new model land
+            // on a backend that splits into fewer, open it again.
+            let mut pieces = Vec::with_capacity(batchers);
+            while pieces.len() < batchers {
+                let (e, _) = engine::open(&m, cfg2.backend, &cfg2.engine)?;
+                pieces.extend(e.split());
+            }
+            pieces.truncate(batchers);
             Store::open_rw(&cfg2.db)?.register_model(&m)?;
-            Ok(Some((Arc::new(m), e)))
+            Ok(Some((Arc::new(m), pieces)))
         })
         .await;
         match loaded {
-            Ok(Ok(Some(swap))) => {
-                tracing::info!("new model {} validated; switching after the current batch", swap.0.sha256);
-                if swaps.send(swap).is_err() {
-                    return;
+            Ok(Ok(Some((model, pieces)))) => {
+                tracing::info!("new model {} validated; switching after the current batch", model.sha256);
+                for (tx, piece) in swaps.iter().zip(pieces) {
+                    if tx.send((model.clone(), piece)).is_err() {
+                        return;
+                    }
                 }
             }
             Ok(Ok(None)) => {}

@@ -89,6 +89,12 @@ pub trait Classifier: Send {
 
     /// Runs a batch `[n, 3, size, size]` and returns `[n, labels]` raw outputs.
     fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError>;
+
+    /// Splits into classifiers that run independently, each on its own thread
+    /// (ONNX Runtime's CPU lanes: one per core); a backend that is one piece
+    /// returns itself. The daemon gives each piece its own batcher, so no
+    /// core waits for another at the end of a batch.
+    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>>;
 }
 
 /// Physical cores, which is what inference threads should match (SMT siblings

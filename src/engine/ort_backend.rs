@@ -345,6 +345,21 @@ fn check_io(session: &Session) -> Result<(String, String), String> {
 }
 
 impl Classifier for OrtClassifier {
+    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
+        let OrtClassifier { backend, lanes, input_name, output_name } = *self;
+        lanes
+            .into_iter()
+            .map(|lane| {
+                Box::new(OrtClassifier {
+                    backend,
+                    lanes: vec![lane],
+                    input_name: input_name.clone(),
+                    output_name: output_name.clone(),
+                }) as Box<dyn Classifier>
+            })
+            .collect()
+    }
+
     fn backend(&self) -> Backend {
         self.backend
     }

@@ -24,6 +24,10 @@ impl TractClassifier {
 }
 
 impl Classifier for TractClassifier {
+    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
+        vec![self]
+    }
+
     fn backend(&self) -> Backend {
         Backend::Tract
     }
