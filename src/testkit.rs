@@ -104,8 +104,3 @@ pub fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
     png
 }
 
-/// One fuzz input through the bytes-to-tensor path (see
-/// [`crate::preprocess::fuzz_one`], which the libFuzzer target calls directly).
-pub fn fuzz_preprocess(data: &[u8], limits: &crate::preprocess::DecodeLimits) {
-    crate::preprocess::fuzz_one(data, limits);
-}

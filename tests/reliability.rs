@@ -55,37 +55,25 @@ fn label_of(i: usize) -> &'static str {
 /// Starts `watch` with exactly these arguments after the folder (no defaults
 /// added), logging at debug to a file of its own.
 fn spawn(s: &Setup, dir: &Path, db: &Path, args: &[&str]) -> Daemon {
-    spawn_cmd(s, None, dir, db, args)
+    s.spawn(None, dir, db, args)
 }
 
 fn spawn_cmd(s: &Setup, wrapper: Option<&[&str]>, dir: &Path, db: &Path, args: &[&str]) -> Daemon {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let log = s.tmp.path().join(format!("daemon-{}-{n}.log", std::process::id()));
-    let logf = std::fs::File::create(&log).unwrap();
-    let mut cmd = match wrapper {
-        Some(w) => {
-            let mut c = Command::new(w[0]);
-            c.args(&w[1..]).arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    let child = cmd
-        .arg("watch")
-        .arg(dir)
-        .arg("--db")
-        .arg(db)
-        .arg("--model")
-        .arg(&s.model)
-        .args(["--backend", "tract"])
-        .args(args)
-        .env("RUST_LOG", "instrument_detector=debug")
-        .stdout(Stdio::null())
-        .stderr(logf)
-        .spawn()
-        .expect("starting the daemon");
-    Daemon { child: Some(child), log }
+    s.spawn(wrapper, dir, db, args)
+}
+
+/// Whether this machine lets us make a user namespace with its own inotify
+/// limit (says so on stderr when it does not, and the test then skips).
+fn private_inotify_limits() -> bool {
+    let probe = Command::new("unshare")
+        .args(["-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches"])
+        .stderr(Stdio::null())
+        .status();
+    let ok = probe.is_ok_and(|st| st.success());
+    if !ok {
+        eprintln!("SKIPPED: cannot create a user namespace with its own inotify limit here (unshare -U not permitted)");
+    }
+    ok
 }
 
 /// The usual fast settings of the fault tests.
@@ -753,12 +741,7 @@ fn poll_mode_works_without_any_file_events() {
 #[test]
 fn inotify_exhaustion_says_which_sysctl_and_falls_back_to_polling() {
     let s = Setup::new();
-    let probe = Command::new("unshare")
-        .args(["-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches"])
-        .stderr(Stdio::null())
-        .status();
-    if !probe.is_ok_and(|st| st.success()) {
-        eprintln!("SKIPPED: cannot create a user namespace with its own inotify limit here (unshare -U not permitted)");
+    if !private_inotify_limits() {
         return;
     }
     for i in 0..5 {
@@ -782,12 +765,7 @@ fn inotify_exhaustion_says_which_sysctl_and_falls_back_to_polling() {
 #[test]
 fn inotify_exhaustion_at_run_time_switches_to_polling() {
     let s = Setup::new();
-    let probe = Command::new("unshare")
-        .args(["-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches"])
-        .stderr(Stdio::null())
-        .status();
-    if !probe.is_ok_and(|st| st.success()) {
-        eprintln!("SKIPPED: cannot create a user namespace with its own inotify limit here (unshare -U not permitted)");
+    if !private_inotify_limits() {
         return;
     }
     let wrapper: &[&str] = &["unshare", "-U", "-r", "sh", "-c", "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""];

@@ -29,7 +29,7 @@ fn tight() -> DecodeLimits {
 
 /// The same dispatch as the libFuzzer target.
 fn run_one(data: &[u8], limits: &DecodeLimits) {
-    testkit::fuzz_preprocess(data, limits);
+    instrument_detector::preprocess::fuzz_one(data, limits);
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

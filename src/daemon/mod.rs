@@ -529,9 +529,9 @@ impl Intake {
     async fn run(self, mut rx: mpsc::Receiver<IntakeMsg>, cancel: CancellationToken) {
         let mut settler = settle::Settler::new(self.cfg.settle, self.cfg.queue.max(16));
         let mut ready: VecDeque<PathBuf> = VecDeque::new();
-        // Housekeeping (scans, gauges) runs on a tick; settling does not: the
-        // loop sleeps until the next candidate is due, so a file is taken one
-        // settle interval after it stopped changing.
+        // Housekeeping (scans, gauges) runs on a tick; settling and dispatch
+        // do not: the loop sleeps until the next candidate is due, so a file is
+        // taken one settle interval after it stopped changing.
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let scanning = Arc::new(AtomicBool::new(false));
@@ -569,8 +569,6 @@ impl Intake {
                         every = POLL_FALLBACK;
                         next_scan = next_scan.min(now + every);
                     }
-                    ready.extend(settler.poll(now, settle::observe));
-                    self.dispatch(&mut ready, &mut settler);
                     self.shared.stats.intake_depth.store((settler.len() + ready.len()) as u64, Ordering::Relaxed);
                     if self.shared.rescan.load(Ordering::SeqCst) && self.start_scan(self.root.clone(), &scanning, true) {
                         self.shared.rescan.store(false, Ordering::SeqCst);

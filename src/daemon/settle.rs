@@ -29,7 +29,8 @@ pub fn observe(path: &Path) -> Option<Observation> {
 #[derive(Debug)]
 struct Pending {
     last: Observation,
-    looked_at: Instant,
+    /// One interval after the last look.
+    due: Instant,
 }
 
 /// Candidates waiting to settle. Bounded: callers stop offering at `capacity`.
@@ -79,13 +80,14 @@ impl Settler {
         if let Some(p) = self.pending.get_mut(&path) {
             if p.last != obs {
                 p.last = obs;
-                p.looked_at = now;
-                self.due.push_back((now + self.interval, path));
+                p.due = now + self.interval;
+                self.due.push_back((p.due, path));
             }
             return;
         }
-        self.pending.insert(path.clone(), Pending { last: obs, looked_at: now });
-        self.due.push_back((now + self.interval, path));
+        let due = now + self.interval;
+        self.pending.insert(path.clone(), Pending { last: obs, due });
+        self.due.push_back((due, path));
     }
 
     /// Takes a second look at every candidate whose last look is at least one
@@ -99,7 +101,7 @@ impl Settler {
             }
             let (at, path) = self.due.pop_front().expect("front exists");
             let Some(p) = self.pending.get_mut(&path) else { continue };
-            if p.looked_at + self.interval != at {
+            if p.due != at {
                 continue; // a newer look superseded this entry
             }
             match look(&path) {
@@ -112,8 +114,8 @@ impl Settler {
                 }
                 Some(obs) => {
                     p.last = obs;
-                    p.looked_at = now;
-                    self.due.push_back((now + self.interval, path));
+                    p.due = now + self.interval;
+                    self.due.push_back((p.due, path));
                 }
             }
         }

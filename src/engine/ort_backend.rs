@@ -288,19 +288,19 @@ impl OrtClassifier {
         };
         let first = open_session()?;
         let (input_name, output_name) = check_io(&first).map_err(model_err)?;
-        let mut lanes = Vec::with_capacity(lanes_n);
-        for i in 0..lanes_n {
-            let session = if i == 0 { None } else { Some(open_session()?) };
-            let run_options = RunOptions::new()
-                .map_err(|e| unavailable(format!("cannot create ONNX Runtime run options: {e}")))?
-                .with_outputs(OutputSelector::no_default().with(output_name.clone()));
-            lanes.push((session, run_options));
+        let mut sessions = vec![first];
+        for _ in 1..lanes_n {
+            sessions.push(open_session()?);
         }
-        let mut first = Some(first);
-        let lanes: Vec<Lane> = lanes
+        let lanes = sessions
             .into_iter()
-            .map(|(session, run_options)| Lane { session: session.or_else(|| first.take()).expect("one first session"), run_options })
-            .collect();
+            .map(|session| {
+                let run_options = RunOptions::new()
+                    .map_err(|e| unavailable(format!("cannot create ONNX Runtime run options: {e}")))?
+                    .with_outputs(OutputSelector::no_default().with(output_name.clone()));
+                Ok(Lane { session, run_options })
+            })
+            .collect::<Result<Vec<Lane>, EngineError>>()?;
         tracing::debug!(
             "{backend}: ONNX Runtime ready (input '{input_name}', output '{output_name}', {lanes_n} session(s) of {intra} intra-op thread(s))"
         );

@@ -35,17 +35,35 @@ impl Setup {
 
     /// Starts `watch` on the tract backend with a short settle interval.
     pub fn start(&self, extra: &[&str]) -> Daemon {
-        let log = self.tmp.path().join(format!("daemon-{}.log", Instant::now().elapsed().as_nanos()));
+        let args: Vec<&str> = ["--settle-ms", "300", "--reconcile-secs", "2"].iter().chain(extra).copied().collect();
+        self.spawn(None, &self.dir, &self.db, &args)
+    }
+
+    /// Starts `watch DIR --db DB --model <colour model> --backend tract` and
+    /// then exactly `args`, optionally under a wrapper command (its argv,
+    /// followed by the binary), logging at debug to a file of its own.
+    pub fn spawn(&self, wrapper: Option<&[&str]>, dir: &Path, db: &Path, args: &[&str]) -> Daemon {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let log = self.tmp.path().join(format!("daemon-{}-{n}.log", std::process::id()));
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .arg("watch")
-            .arg(&self.dir)
+            .arg(dir)
             .arg("--db")
-            .arg(&self.db)
+            .arg(db)
             .arg("--model")
             .arg(&self.model)
-            .args(["--backend", "tract", "--settle-ms", "300", "--reconcile-secs", "2"])
-            .args(extra)
+            .args(["--backend", "tract"])
+            .args(args)
             .env("RUST_LOG", "instrument_detector=debug")
             .stdout(Stdio::null())
             .stderr(logf)
