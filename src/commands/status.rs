@@ -41,6 +41,9 @@ pub fn run(a: StatusArgs) -> Result<ExitCode> {
     for (k, v) in &r.errors_by_kind {
         println!("           {v} {k}");
     }
+    if r.files_resettled > 0 {
+        println!("           {} changed while being classified and were settled again", r.files_resettled);
+    }
     println!("  queues   intake {}, workers {}, batcher {}, writer {}", r.queue_intake, r.queue_workers, r.queue_batcher, r.queue_writer);
     println!(
         "  speed    {} batches, mean batch {:.1}, decode {:.1} ms/image, inference {:.1} ms/batch",

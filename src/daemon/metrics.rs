@@ -75,6 +75,10 @@ pub struct StatusReport {
     pub contents_classified: u64,
     pub files_recorded: u64,
     pub files_failed: u64,
+    /// Files dispatched early whose result was dropped because they changed
+    /// before their settle interval ended (they were settled again).
+    #[serde(default)]
+    pub files_resettled: u64,
     pub errors_by_kind: std::collections::BTreeMap<String, u64>,
     pub queue_intake: u64,
     pub queue_workers: u64,
@@ -97,7 +101,7 @@ pub struct Monitor {
 
 /// Senders kept only to read queue lengths.
 pub struct Queues {
-    pub workers: crossbeam_channel::Sender<PathBuf>,
+    pub workers: crossbeam_channel::Sender<super::pipeline::Work>,
     pub batcher: crossbeam_channel::Sender<super::pipeline::Job>,
     pub writer: crossbeam_channel::Sender<super::pipeline::WriteMsg>,
 }
@@ -123,6 +127,7 @@ impl Monitor {
             contents_classified: l(&s.classified),
             files_recorded: l(&s.recorded) + l(&s.known),
             files_failed: l(&s.failed),
+            files_resettled: l(&s.resettled),
             errors_by_kind: s.errors.lock().map(|m| m.clone()).unwrap_or_default(),
             queue_intake: l(&s.intake_depth),
             queue_workers: self.queues.workers.len() as u64,
@@ -146,6 +151,11 @@ impl Monitor {
         counter("instrument_detector_contents_classified_total", "Distinct contents run through the model.", r.contents_classified);
         counter("instrument_detector_files_recorded_total", "File rows written as ok.", r.files_recorded);
         counter("instrument_detector_batches_total", "Inference batches run.", r.batches);
+        counter(
+            "instrument_detector_files_resettled_total",
+            "Files dispatched on close whose result was dropped because they changed before the settle interval ended.",
+            r.files_resettled,
+        );
         let _ = writeln!(out, "# HELP instrument_detector_files_failed_total Files recorded as errors, by kind.\n# TYPE instrument_detector_files_failed_total counter");
         for (k, v) in &r.errors_by_kind {
             let _ = writeln!(out, "instrument_detector_files_failed_total{{kind=\"{k}\"}} {v}");

@@ -26,7 +26,7 @@ use crate::model::LoadedModel;
 use crate::preprocess::DecodeLimits;
 use crate::store::{Outcome, Store, path_text};
 use anyhow::{Context, bail};
-use pipeline::{Registry, WriteMsg};
+use pipeline::{Gate, Item, Registry, Work, WriteMsg};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -73,6 +73,9 @@ pub struct Stats {
     pub classified: AtomicU64,
     pub recorded: AtomicU64,
     pub failed: AtomicU64,
+    /// Files dispatched early whose result was dropped because they changed
+    /// before their settle interval ended.
+    pub resettled: AtomicU64,
     pub batches: AtomicU64,
     pub decode_ns: AtomicU64,
     pub infer_ns: AtomicU64,
@@ -92,6 +95,7 @@ impl Default for Stats {
             classified: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            resettled: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             decode_ns: AtomicU64::new(0),
             infer_ns: AtomicU64::new(0),
@@ -112,6 +116,9 @@ impl Stats {
 pub enum IntakeMsg {
     /// A path that may be a new or changed file.
     Candidate(PathBuf),
+    /// A path whose writer just closed it, or that was renamed into place:
+    /// most likely complete, so it is dispatched at once (see [`pipeline::Gate`]).
+    Written(PathBuf),
     /// A path that may have disappeared.
     Gone(PathBuf),
     /// A folder whose content may be unknown (moved in, or events were lost).
@@ -252,7 +259,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
     // Paths are small: the work queue holds as many as the intake may, so a
     // burst never waits on the intake's next wake-up to reach the workers.
     // Memory stays bounded by the decoded-tensor queue below, not by this one.
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<PathBuf>(cfg.queue.max(16));
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(cfg.queue.max(16));
     let (job_tx, job_rx) = crossbeam_channel::bounded::<pipeline::Job>(max_batch * 2);
     let (write_tx, write_rx) = crossbeam_channel::bounded::<WriteMsg>(64);
 
@@ -469,10 +476,11 @@ fn start_watcher(
                     v.extend(it.map(IntakeMsg::Candidate));
                     v
                 }
-                // A writer closed the file: the moment it most likely became
-                // complete, so its settle timer restarts from here.
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                    event.paths.into_iter().map(IntakeMsg::Candidate).collect()
+                // A writer closed the file, or it was renamed into place: the
+                // moment it most likely became complete.
+                EventKind::Access(AccessKind::Close(AccessMode::Write))
+                | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                    event.paths.into_iter().map(IntakeMsg::Written).collect()
                 }
                 EventKind::Access(_) => Vec::new(),
                 _ => event.paths.into_iter().map(IntakeMsg::Candidate).collect(),
@@ -519,7 +527,7 @@ struct Intake {
     root: PathBuf,
     cfg: WatchConfig,
     shared: Arc<Shared>,
-    work_tx: crossbeam_channel::Sender<PathBuf>,
+    work_tx: crossbeam_channel::Sender<Work>,
     write_tx: crossbeam_channel::Sender<WriteMsg>,
     intake_tx: mpsc::Sender<IntakeMsg>,
     poll: Option<Duration>,
@@ -528,7 +536,7 @@ struct Intake {
 impl Intake {
     async fn run(self, mut rx: mpsc::Receiver<IntakeMsg>, cancel: CancellationToken) {
         let mut settler = settle::Settler::new(self.cfg.settle, self.cfg.queue.max(16));
-        let mut ready: VecDeque<PathBuf> = VecDeque::new();
+        let mut ready: VecDeque<Work> = VecDeque::new();
         // Housekeeping (scans, gauges) runs on a tick; settling and dispatch
         // do not: the loop sleeps until the next candidate is due, so a file is
         // taken one settle interval after it stopped changing.
@@ -551,7 +559,11 @@ impl Intake {
                 _ = cancel.cancelled() => break,
                 msg = rx.recv(), if accepting => match msg {
                     None => break,
-                    Some(IntakeMsg::Candidate(p)) => self.candidate(p, &mut settler, &scanning),
+                    Some(IntakeMsg::Candidate(p)) => self.candidate(p, false, &mut settler, &mut ready, &scanning),
+                    Some(IntakeMsg::Written(p)) => {
+                        self.candidate(p, true, &mut settler, &mut ready, &scanning);
+                        self.dispatch(&mut ready, &mut settler);
+                    }
                     Some(IntakeMsg::Gone(p)) => self.gone(p, &scanning),
                     Some(IntakeMsg::Rescan(p)) => {
                         if !self.start_scan(p, &scanning, false) {
@@ -560,7 +572,7 @@ impl Intake {
                     }
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
-                    ready.extend(settler.poll(Instant::now(), settle::observe));
+                    ready.extend(settler.poll(Instant::now(), settle::observe).into_iter().map(|path| Work { path, gate: None }));
                     self.dispatch(&mut ready, &mut settler);
                 }
                 _ = tick.tick() => {
@@ -583,7 +595,17 @@ impl Intake {
         }
     }
 
-    fn candidate(&self, p: PathBuf, settler: &mut settle::Settler, scanning: &Arc<AtomicBool>) {
+    /// Takes a path from an event or a scan. A `written` one (closed by its
+    /// writer, or renamed into place) that is not empty goes straight to the
+    /// workers with a gate; anything else waits out the settle interval first.
+    fn candidate(
+        &self,
+        p: PathBuf,
+        written: bool,
+        settler: &mut settle::Settler,
+        ready: &mut VecDeque<Work>,
+        scanning: &Arc<AtomicBool>,
+    ) {
         if p.file_name().is_some_and(scan::is_ignored_name) || in_ignored_dir(&self.root, &p) {
             return;
         }
@@ -602,7 +624,14 @@ impl Intake {
             return;
         }
         self.shared.stats.seen.fetch_add(1, Ordering::Relaxed);
-        settler.offer(p.clone(), settle::observe(&p), Instant::now());
+        let (look, now) = (settle::observe(&p), Instant::now());
+        match look {
+            Some(look) if written && look.size > 0 => {
+                settler.remove(&p);
+                ready.push_back(Work { path: p, gate: Some(Gate { due: now + self.cfg.settle, look }) });
+            }
+            _ => settler.offer(p, look, now),
+        }
     }
 
     fn gone(&self, p: PathBuf, scanning: &Arc<AtomicBool>) {
@@ -612,7 +641,7 @@ impl Intake {
             return;
         }
         let text = path_text(&p);
-        let _ = self.write_tx.send(WriteMsg::Outcomes(vec![(Outcome::Deleted { path: text }, Vec::new())]));
+        let _ = self.write_tx.send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: text }, Vec::new(), None)]));
         // If it was a folder, its files are found gone by a reconcile.
         if !self.start_scan(self.root.clone(), scanning, true) {
             self.shared.rescan.store(true, Ordering::SeqCst);
@@ -620,24 +649,24 @@ impl Intake {
     }
 
     /// Hands settled paths to the workers without ever blocking the intake.
-    fn dispatch(&self, ready: &mut VecDeque<PathBuf>, settler: &mut settle::Settler) {
+    fn dispatch(&self, ready: &mut VecDeque<Work>, settler: &mut settle::Settler) {
         let mut deferred = Vec::new();
-        while let Some(p) = ready.pop_front() {
+        while let Some(w) = ready.pop_front() {
             {
                 let mut inflight = self.shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                if inflight.contains(&p) {
+                if inflight.contains(&w.path) {
                     // Being processed: look again once that is committed.
-                    deferred.push(p);
+                    deferred.push(w.path);
                     continue;
                 }
-                inflight.insert(p.clone());
+                inflight.insert(w.path.clone());
             }
-            match self.work_tx.try_send(p) {
+            match self.work_tx.try_send(w) {
                 Ok(()) => {}
                 Err(e) => {
-                    let p = e.into_inner();
-                    self.shared.release(&p);
-                    ready.push_front(p);
+                    let w = e.into_inner();
+                    self.shared.release(&w.path);
+                    ready.push_front(w);
                     break;
                 }
             }
@@ -743,7 +772,7 @@ fn reconcile(
             let path = PathBuf::from(&p);
             if std::fs::symlink_metadata(&path).is_err() && std::fs::symlink_metadata(unescape(&p)).is_err() {
                 deleted += 1;
-                if write_tx.send(WriteMsg::Outcomes(vec![(Outcome::Deleted { path: p }, Vec::new())])).is_err() {
+                if write_tx.send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: p }, Vec::new(), None)])).is_err() {
                     return Ok(());
                 }
             }

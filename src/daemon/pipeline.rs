@@ -6,6 +6,14 @@
 //!                               └──────── known / failed outcomes ─────────┘
 //! ```
 //!
+//! Early start: a file whose writer just closed it (or that was renamed into
+//! place) is dispatched at once instead of after its settle interval, carrying
+//! a [`Gate`]: the look taken at that event. Its result waits in the writer
+//! until the interval has passed and a second look finds the file unchanged;
+//! otherwise it is discarded and the file settles again. The settle rule (two
+//! equal looks an interval apart, the content read in between) is kept, but
+//! decoding and inference happen during the interval instead of after it.
+//!
 //! Exactly once: a path is "in flight" from dispatch until the writer commits
 //! its row, so the intake never hands it out twice; a content hash is in the
 //! [`Registry`] from the moment a worker claims it until its prediction is
@@ -17,6 +25,7 @@ use crate::engine::Classifier;
 use crate::model::LoadedModel;
 use crate::predict::top_k;
 use crate::preprocess::{DecodeLimits, preprocess_bytes};
+use super::settle::Observation;
 use crate::store::{FileMeta, Outcome, PredictionRow, Store, path_text};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
@@ -32,9 +41,26 @@ pub struct Registry {
     waiting: HashMap<String, Vec<(PathBuf, FileMeta)>>,
 }
 
+/// The settle check still owed by a file that was dispatched early: its row
+/// may be committed only at `due` or later, and only if the file still looks
+/// like `look` (the look taken at the event that dispatched it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gate {
+    pub due: Instant,
+    pub look: Observation,
+}
+
+/// A path handed to the workers, with the gate it must pass if dispatched early.
+#[derive(Debug)]
+pub struct Work {
+    pub path: PathBuf,
+    pub gate: Option<Gate>,
+}
+
 /// A decoded image on its way to the engine.
 pub struct Job {
     pub path: PathBuf,
+    pub gate: Option<Gate>,
     pub file: FileMeta,
     pub hash: String,
     pub tensor: Vec<f32>,
@@ -45,9 +71,23 @@ pub struct Job {
 /// A validated replacement model and its engine, handed to the batcher.
 pub type ModelSwap = (Arc<LoadedModel>, Box<dyn Classifier>);
 
+/// One result for the writer: the outcome, the paths it releases, and the
+/// gate it must pass first (if its file was dispatched early).
+pub struct Item {
+    pub outcome: Outcome,
+    pub paths: Vec<PathBuf>,
+    pub gate: Option<Gate>,
+}
+
+impl Item {
+    pub fn new(outcome: Outcome, paths: Vec<PathBuf>, gate: Option<Gate>) -> Item {
+        Item { outcome, paths, gate }
+    }
+}
+
 /// What the writer receives.
 pub enum WriteMsg {
-    Outcomes(Vec<(Outcome, Vec<PathBuf>)>),
+    Outcomes(Vec<Item>),
 }
 
 pub struct WorkerContext {
@@ -66,7 +106,7 @@ pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 }
 
 /// One worker thread: takes paths until the queue closes or shutdown starts.
-pub fn worker_loop(ctx: Arc<WorkerContext>, paths: Receiver<PathBuf>, jobs: Sender<Job>, writes: Sender<WriteMsg>) {
+pub fn worker_loop(ctx: Arc<WorkerContext>, paths: Receiver<Work>, jobs: Sender<Job>, writes: Sender<WriteMsg>) {
     let store = match Store::open_ro(&ctx.db_path) {
         Ok(s) => s,
         Err(e) => {
@@ -75,13 +115,13 @@ pub fn worker_loop(ctx: Arc<WorkerContext>, paths: Receiver<PathBuf>, jobs: Send
         }
     };
     while !ctx.shared.stopping.load(Ordering::SeqCst) {
-        let path = match paths.recv_timeout(Duration::from_millis(100)) {
-            Ok(p) => p,
+        let Work { path, gate } = match paths.recv_timeout(Duration::from_millis(100)) {
+            Ok(w) => w,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         ctx.shared.decoding.fetch_add(1, Ordering::SeqCst);
-        let result = process(&ctx, &store, &path, &jobs, &writes);
+        let result = process(&ctx, &store, &path, gate, &jobs, &writes);
         ctx.shared.decoding.fetch_sub(1, Ordering::SeqCst);
         if let Err(e) = result {
             tracing::error!("{}: {e}", path_text(&path));
@@ -90,16 +130,17 @@ pub fn worker_loop(ctx: Arc<WorkerContext>, paths: Receiver<PathBuf>, jobs: Send
     }
 }
 
-fn send_write(writes: &Sender<WriteMsg>, outcome: Outcome, paths: Vec<PathBuf>) {
+fn send_write(writes: &Sender<WriteMsg>, outcome: Outcome, paths: Vec<PathBuf>, gate: Option<Gate>) {
     // The writer outlives every worker; a send error means shutdown raced us
     // and the file will simply be found again by the next start-up scan.
-    let _ = writes.send(WriteMsg::Outcomes(vec![(outcome, paths)]));
+    let _ = writes.send(WriteMsg::Outcomes(vec![Item::new(outcome, paths, gate)]));
 }
 
 fn process(
     ctx: &WorkerContext,
     store: &Store,
     path: &Path,
+    gate: Option<Gate>,
     jobs: &Sender<Job>,
     writes: &Sender<WriteMsg>,
 ) -> Result<(), crate::store::StoreError> {
@@ -118,6 +159,14 @@ fn process(
         shared.release(path);
         return Ok(());
     }
+    if let Some(g) = gate
+        && meta.modified().ok().map(|mtime| Observation { size: meta.len(), mtime }) != Some(g.look)
+    {
+        // Changed since the event that dispatched it early: settle it the slow way.
+        shared.release(path);
+        shared.requeue(path);
+        return Ok(());
+    }
     let file = FileMeta { path: text.clone(), size: meta.len() as i64, mtime_ns: mtime_ns(&meta) };
     if let Some(state) = store.file_state(&text)?
         && state.status != "deleted"
@@ -130,7 +179,7 @@ fn process(
     }
     if meta.len() > ctx.limits.max_file_bytes {
         let message = format!("file is {} bytes, over the limit of {} bytes", meta.len(), ctx.limits.max_file_bytes);
-        send_write(writes, Outcome::Failed { file, content_hash: None, kind: "too_large".into(), message }, vec![path.into()]);
+        send_write(writes, Outcome::Failed { file, content_hash: None, kind: "too_large".into(), message }, vec![path.into()], gate);
         return Ok(());
     }
     let bytes = match std::fs::read(path) {
@@ -141,7 +190,7 @@ fn process(
         }
         Err(e) => {
             let message = format!("cannot read the file: {e}");
-            send_write(writes, Outcome::Failed { file, content_hash: None, kind: "unreadable".into(), message }, vec![path.into()]);
+            send_write(writes, Outcome::Failed { file, content_hash: None, kind: "unreadable".into(), message }, vec![path.into()], gate);
             return Ok(());
         }
     };
@@ -163,7 +212,7 @@ fn process(
         }
         if store.has_prediction(&hash, &model.sha256)? {
             drop(reg);
-            send_write(writes, Outcome::Known { content_hash: hash, file }, vec![path.into()]);
+            send_write(writes, Outcome::Known { content_hash: hash, file }, vec![path.into()], gate);
             shared.stats.known.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -179,7 +228,7 @@ fn process(
     drop(bytes);
     match decoded {
         Ok(()) => {
-            let job = Job { path: path.to_path_buf(), file, hash: hash.clone(), tensor, model_sha256: model.sha256.clone() };
+            let job = Job { path: path.to_path_buf(), gate, file, hash: hash.clone(), tensor, model_sha256: model.sha256.clone() };
             if jobs.send(job).is_err() {
                 // Shutting down: leave the file for the next start.
                 let waiters = shared.forget_hash(&hash);
@@ -211,6 +260,7 @@ fn process(
                 writes,
                 Outcome::Failed { file, content_hash: Some(hash), kind: e.kind().into(), message: e.to_string() },
                 vec![path.into()],
+                gate,
             );
         }
     }
@@ -331,7 +381,7 @@ pub fn batcher_loop(
                         backend: backend.clone(),
                         inference_ms: per_ms,
                     };
-                    (Outcome::Classified { prediction, files: vec![job.file] }, vec![job.path])
+                    Item::new(Outcome::Classified { prediction, files: vec![job.file] }, vec![job.path], job.gate)
                 })
                 .collect(),
             Err(e) => {
@@ -339,7 +389,7 @@ pub fn batcher_loop(
                 batch
                     .into_iter()
                     .map(|job| {
-                        (
+                        Item::new(
                             Outcome::Failed {
                                 file: job.file,
                                 content_hash: Some(job.hash),
@@ -347,6 +397,7 @@ pub fn batcher_loop(
                                 message: e.to_string(),
                             },
                             vec![job.path],
+                            job.gate,
                         )
                     })
                     .collect()
@@ -361,31 +412,86 @@ pub fn batcher_loop(
 /// The writer: one connection, one transaction per gathered batch. On a write
 /// failure (disk full, a lock held too long) the batch is kept and retried, and
 /// the bounded queues upstream make the whole intake wait.
+///
+/// Results of files dispatched early are held until their gate is due, then
+/// committed only if a second look finds the file as it was read.
 pub fn writer_loop(
     shared: Arc<Shared>,
     mut store: Store,
     writes: Receiver<WriteMsg>,
     mut organizer: Option<super::organize::Organizer>,
 ) {
-    while let Ok(first) = writes.recv() {
+    let mut held: Vec<Item> = Vec::new();
+    let mut open = true;
+    while open || !held.is_empty() {
+        let next_due = held.iter().filter_map(|i| i.gate.map(|g| g.due)).min();
         let mut items = Vec::new();
-        let WriteMsg::Outcomes(v) = first;
-        items.extend(v);
-        while items.len() < 256 {
-            match writes.try_recv() {
-                Ok(WriteMsg::Outcomes(v)) => items.extend(v),
-                Err(_) => break,
+        let first = match (open, next_due) {
+            (true, None) => writes.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            (true, Some(due)) => writes.recv_deadline(due),
+            (false, due) => {
+                // Shutting down: nothing more comes; wait for the held gates.
+                std::thread::sleep(due.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now())));
+                Err(RecvTimeoutError::Timeout)
             }
+        };
+        match first {
+            Ok(WriteMsg::Outcomes(v)) => {
+                items.extend(v);
+                while items.len() < 256 {
+                    match writes.try_recv() {
+                        Ok(WriteMsg::Outcomes(v)) => items.extend(v),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
         }
-        let committed = commit_with_retry(&shared, &mut store, items);
+        let now = Instant::now();
+        items.append(&mut held);
+        let (due, later): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.gate.is_none_or(|g| g.due <= now));
+        held = later;
+        let ready: Vec<Item> = due.into_iter().filter_map(|i| pass_gate(&shared, i)).collect();
+        if ready.is_empty() {
+            continue;
+        }
+        let committed = commit_with_retry(&shared, &mut store, ready);
         if let Some(org) = organizer.as_mut() {
             org.place(&committed);
         }
     }
 }
 
+/// The second look for an item whose gate is due: `Some` if its file is as it
+/// was at the first look (or it had no gate), `None` if the file changed (or
+/// went) meanwhile, in which case its result is discarded and the file, with
+/// any paths that waited on its content, goes back to settle again.
+fn pass_gate(shared: &Shared, item: Item) -> Option<Item> {
+    let Some(gate) = item.gate else { return Some(item) };
+    let path = item.paths.first()?;
+    if super::settle::observe(path) == Some(gate.look) {
+        return Some(Item { gate: None, ..item });
+    }
+    tracing::debug!("{}: changed during its settle interval; its early result is dropped", path_text(path));
+    shared.stats.resettled.fetch_add(1, Ordering::Relaxed);
+    // The content hash is registered by the path that classified it (not by a
+    // `Known` lookup): its waiters go round again too.
+    let owned = match &item.outcome {
+        Outcome::Classified { prediction, .. } => Some(prediction.content_hash.as_str()),
+        Outcome::Failed { content_hash, .. } => content_hash.as_deref(),
+        _ => None,
+    };
+    let waiters = owned.map(|h| shared.forget_hash(h)).unwrap_or_default();
+    for p in item.paths.iter().chain(waiters.iter().map(|(p, _)| p)) {
+        shared.release(p);
+        shared.requeue(p);
+    }
+    None
+}
+
 /// Commits and returns what was committed (waiters included).
-fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Vec<PathBuf>)>) -> Vec<Outcome> {
+fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<Item>) -> Vec<Outcome> {
     let mut backoff = Duration::from_millis(200);
     loop {
         // The registry stays locked across the commit so that no worker can see
@@ -394,7 +500,7 @@ fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<(Outcome, Ve
         let mut outcomes = Vec::with_capacity(items.len());
         let mut paths: Vec<PathBuf> = Vec::new();
         let mut hashes = Vec::new();
-        for (outcome, ps) in &items {
+        for Item { outcome, paths: ps, .. } in &items {
             paths.extend(ps.iter().cloned());
             let mut outcome = outcome.clone();
             match &mut outcome {

@@ -90,6 +90,12 @@ impl Settler {
         self.due.push_back((due, path));
     }
 
+    /// Forgets a pending candidate (it was dispatched another way); its entry
+    /// in the due order is skipped when reached.
+    pub fn remove(&mut self, path: &Path) {
+        self.pending.remove(path);
+    }
+
     /// Takes a second look at every candidate whose last look is at least one
     /// interval old; returns those that did not change. `look` is injected so
     /// tests can drive time and file state by hand.
