@@ -16,6 +16,22 @@
 //!   folder of calibration images. A `Conv` followed by `Clip`/`Relu` is left
 //!   unquantised at its output on purpose: the Q after the activation covers
 //!   it, and ONNX Runtime then folds the activation into the integer conv.
+//! - Three layout choices that decide which integer kernels ONNX Runtime picks
+//!   (measured on EfficientNet-Lite0, see BENCHMARKS.md "INT8"):
+//!   - a `Conv` whose input has a channel count that is not a multiple of 4
+//!     (the first conv: RGB) gets its quantised input padded with one zero
+//!     channel (a uint8 `Pad` with the zero point as value) and its weights a
+//!     zero input channel, because ORT's fast symmetric conv kernel needs
+//!     input channels in fours;
+//!   - the output of `GlobalAveragePool` gets a Q/DQ pair with its input's
+//!     parameters (an average stays in its input's range), so ORT fuses a
+//!     channels-last `QLinearGlobalAveragePool` instead of transposing back;
+//!   - optionally ([`QuantizeOptions::gemm_route_min_channels`]), 1x1 convs
+//!     with many input channels store their weights as `q - 1` with zero point
+//!     -1, which dequantises to exactly the same values but sends the conv to
+//!     ORT's general integer GEMM: on CPUs with AMX-INT8 that path runs on AMX
+//!     tiles and is faster for deep layers than the VNNI symmetric kernel ORT
+//!     uses when every weight zero point is 0. Off where there is no AMX.
 //! - The graph output stays float (the last `Gemm` is dequantised), and the
 //!   model's metadata is kept, with `quantization=int8-qdq` and the calibration
 //!   details added, so the daemon reads labels and preprocessing as before.
@@ -47,6 +63,36 @@ pub enum QuantizeError {
     NoImages(String),
     #[error("unsupported model: {0}")]
     Unsupported(String),
+}
+
+/// Choices that depend on the CPU the quantised copy is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QuantizeOptions {
+    /// 1x1 convs (group 1) with at least this many input channels get weight
+    /// zero point -1 (values stored as `q - 1`, dequantising to the same
+    /// numbers), which routes them to ORT's general int8 GEMM (AMX where the
+    /// CPU has it). `None`: every weight zero point is 0.
+    pub gemm_route_min_channels: Option<usize>,
+}
+
+/// Input channels from which a 1x1 conv is routed to the GEMM path on AMX
+/// CPUs: below this, ORT's symmetric conv kernel was as fast or faster on
+/// EfficientNet-Lite0 (192 to 1152 channels: neutral at two threads, faster
+/// at one; 480 and up: 1.2x to 1.95x faster).
+pub const AMX_MIN_CHANNELS: usize = 192;
+
+impl QuantizeOptions {
+    /// The options for the CPU this runs on: GEMM routing where it has AMX-INT8.
+    pub fn for_this_cpu() -> QuantizeOptions {
+        QuantizeOptions { gemm_route_min_channels: cpu_has_amx_int8().then_some(AMX_MIN_CHANNELS) }
+    }
+}
+
+/// Whether this CPU (and kernel) offers AMX-INT8, from `/proc/cpuinfo`.
+pub fn cpu_has_amx_int8() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_int8")))
+        .unwrap_or(false)
 }
 
 /// Observed float range of one tensor over the calibration set.
@@ -234,6 +280,10 @@ fn attr_int(n: &pb::NodeProto, name: &str) -> Option<i64> {
 pub struct QuantizeReport {
     pub activations: usize,
     pub weights: usize,
+    /// Convs whose weights got zero point -1 (GEMM/AMX route).
+    pub gemm_routed: usize,
+    /// Convs whose input was padded to a multiple of 4 channels.
+    pub padded_inputs: usize,
     pub skipped_weights: Vec<String>,
 }
 
@@ -242,6 +292,7 @@ pub fn quantize_model(
     model: &ModelProto,
     ranges: &HashMap<String, Range>,
     extra_metadata: &BTreeMap<String, String>,
+    options: &QuantizeOptions,
 ) -> Result<(ModelProto, QuantizeReport), QuantizeError> {
     let mut out = model.clone();
     let graph = out.graph.as_mut().ok_or(QuantizeError::NoGraph)?;
@@ -285,6 +336,31 @@ pub fn quantize_model(
         report.activations += 1;
     }
 
+    // 1b. The output of a GlobalAveragePool over a quantised tensor gets a pair
+    // with its input's parameters: an average never leaves its input's range.
+    for n in graph.node.iter() {
+        if n.op_type != "GlobalAveragePool" || n.output.len() != 1 || graph.output.iter().any(|o| o.name == n.output[0]) {
+            continue;
+        }
+        let (input, out) = (&n.input[0], &n.output[0]);
+        let Some(&params) = act_params.get(input) else { continue };
+        if act_params.contains_key(out) {
+            continue;
+        }
+        let (s, z) = (format!("{input}_scale"), format!("{input}_zero_point"));
+        let (q, dq) = (format!("{out}_q"), format!("{out}_dq"));
+        after.insert(
+            out.clone(),
+            vec![
+                node("QuantizeLinear", format!("{out}_QuantizeLinear"), &[out, &s, &z], &q, None),
+                node("DequantizeLinear", format!("{out}_DequantizeLinear"), &[&q, &s, &z], &dq, None),
+            ],
+        );
+        act_params.insert(out.clone(), params);
+        rename.insert(out.clone(), dq);
+        report.activations += 1;
+    }
+
     // 2. Weights (and biases) of Conv and Gemm.
     let mut weight_nodes: Vec<pb::NodeProto> = Vec::new();
     let mut remove_inits: HashSet<String> = HashSet::new();
@@ -307,9 +383,55 @@ pub fn quantize_model(
             report.skipped_weights.push(format!("{}: weight is not float", n.name));
             continue;
         };
-        let dims = w.dims.clone();
+        let mut dims = w.dims.clone();
+        let mut data = data;
         let channels = dims.first().copied().unwrap_or(1).max(1) as usize;
-        let (q, scales) = quantize_weights_per_channel(&data, channels);
+        let x_params = act_params.get(&n.input[0]).copied();
+        let group = attr_int(n, "group").unwrap_or(1);
+        let plain_conv = is_conv && group == 1 && dims.len() == 4;
+        // Input channels not in fours: pad the quantised input with one zero
+        // channel (the zero point) and the weights with zero input channels.
+        if plain_conv && dims[1] % 4 != 0 && x_params.is_some() {
+            let (cin, cin4) = (dims[1] as usize, (dims[1] as usize).next_multiple_of(4));
+            let per_in = (dims[2] * dims[3]) as usize;
+            let mut padded = vec![0.0f32; channels * cin4 * per_in];
+            for (c, chunk) in data.chunks_exact(cin * per_in).enumerate() {
+                padded[c * cin4 * per_in..c * cin4 * per_in + cin * per_in].copy_from_slice(chunk);
+            }
+            data = padded;
+            dims[1] = cin4 as i64;
+            let x = n.input[0].clone();
+            let (s, z) = (format!("{x}_scale"), format!("{x}_zero_point"));
+            let pads = format!("{x}_pads_to_{cin4}");
+            let (qp, dqp) = (format!("{x}_q_pad{cin4}"), format!("{x}_dq_pad{cin4}"));
+            if !new_inits.iter().any(|t| t.name == pads) {
+                let p: [i64; 8] = [0, 0, 0, 0, 0, (cin4 - cin) as i64, 0, 0];
+                new_inits.push(raw_tensor(&pads, dtype::INT64, &[8], p.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                let pair = vec![
+                    node("Pad", format!("{x}_Pad{cin4}"), &[&format!("{x}_q"), &pads, &z], &qp, None),
+                    node("DequantizeLinear", format!("{x}_DequantizeLinear_pad{cin4}"), &[&qp, &s, &z], &dqp, None),
+                ];
+                match after.get_mut(&x) {
+                    Some(v) => v.extend(pair),
+                    None => front.extend(pair),
+                }
+            }
+            n.input[0] = dqp;
+            report.padded_inputs += 1;
+        }
+        let (mut q, scales) = quantize_weights_per_channel(&data, channels);
+        // GEMM route: the same numbers as (q - 1 - (-1)) * scale.
+        let routed = plain_conv
+            && dims[2] == 1
+            && dims[3] == 1
+            && options.gemm_route_min_channels.is_some_and(|m| dims[1] as usize >= m);
+        if routed {
+            for v in q.iter_mut() {
+                *v -= 1; // q is in [-127, 127], so q - 1 fits
+            }
+            report.gemm_routed += 1;
+        }
+        let zero_point: i8 = if routed { -1 } else { 0 };
         let wname = w.name.clone();
         let qn = format!("{wname}_quantized");
         let sn = format!("{wname}_scale");
@@ -317,7 +439,7 @@ pub fn quantize_model(
         let dqn = format!("{wname}_dq");
         new_inits.push(raw_tensor(&qn, dtype::INT8, &dims, q.iter().map(|v| *v as u8).collect()));
         new_inits.push(f32_tensor(&sn, &[channels as i64], &scales));
-        new_inits.push(raw_tensor(&zn, dtype::INT8, &[channels as i64], vec![0; channels]));
+        new_inits.push(raw_tensor(&zn, dtype::INT8, &[channels as i64], vec![zero_point as u8; channels]));
         weight_nodes.push(node("DequantizeLinear", format!("{wname}_DequantizeLinear"), &[&qn, &sn, &zn], &dqn, Some(0)));
         remove_inits.insert(wname);
         n.input[1] = dqn;
@@ -327,7 +449,7 @@ pub fn quantize_model(
         if n.input.len() >= 3
             && !n.input[2].is_empty()
             && let Some(&bi) = inits.get(&n.input[2])
-            && let Some(&(x_scale, _)) = act_params.get(&n.input[0])
+            && let Some((x_scale, _)) = x_params
             && let Some(bias) = tensor_f32(&graph.initializer[bi])
             && bias.len() == channels
         {
@@ -390,6 +512,13 @@ pub fn quantize_model(
     meta.insert(QUANTIZATION_KEY.into(), QUANTIZATION_VALUE.into());
     meta.insert("quantization_weights".into(), "int8 symmetric per-channel (Conv, Gemm)".into());
     meta.insert("quantization_activations".into(), "uint8 asymmetric, static (calibrated min/max)".into());
+    meta.insert(
+        "quantization_gemm_route".into(),
+        match options.gemm_route_min_channels {
+            Some(m) => format!("1x1 convs with >= {m} input channels: weight zero point -1 (ORT int8 GEMM, AMX)"),
+            None => "none (every weight zero point 0)".into(),
+        },
+    );
     for (k, v) in extra_metadata {
         meta.insert(k.clone(), v.clone());
     }

@@ -77,12 +77,21 @@ fn images(dir: &Path, n: u32) -> Vec<PathBuf> {
 }
 
 fn quantized(dir: &Path) -> (LoadedModel, LoadedModel, Vec<PathBuf>) {
+    quantized_with(dir, &quantize::QuantizeOptions::default())
+}
+
+/// GEMM routing from 8 input channels: the small model's 1x1 conv (c2) is routed.
+const ROUTED: quantize::QuantizeOptions = quantize::QuantizeOptions { gemm_route_min_channels: Some(8) };
+
+fn quantized_with(dir: &Path, options: &quantize::QuantizeOptions) -> (LoadedModel, LoadedModel, Vec<PathBuf>) {
     let fp32 = LoadedModel::from_bytes(Path::new("small.onnx"), small_model()).unwrap();
     let imgs = images(dir, 12);
     let names = quantize::activations_to_quantize(&fp32.proto).unwrap();
     let ranges = quantize::calibrate(&fp32, &imgs, &names, |_, _| {}).unwrap();
-    let (q, report) = quantize::quantize_model(&fp32.proto, &ranges, &BTreeMap::new()).unwrap();
+    let (q, report) = quantize::quantize_model(&fp32.proto, &ranges, &BTreeMap::new(), options).unwrap();
     assert_eq!(report.weights, 4, "{report:?}");
+    assert_eq!(report.padded_inputs, 1, "the first conv's 3 input channels are padded to 4: {report:?}");
+    assert_eq!(report.gemm_routed, usize::from(options.gemm_route_min_channels.is_some()), "{report:?}");
     assert!(report.skipped_weights.is_empty(), "{report:?}");
     let int8 = LoadedModel::from_bytes(Path::new("small.int8.onnx"), onnx::encode(&q)).unwrap();
     (fp32, int8, imgs)
@@ -149,6 +158,65 @@ fn quantised_output_is_close_to_fp32_in_onnx_runtime() {
 }
 
 #[test]
+fn gemm_routed_and_padded_copies_stay_close_to_fp32_in_both_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fp32, int8, imgs) = quantized_with(dir.path(), &ROUTED);
+    let a = logits(&fp32, BackendChoice::Tract, &imgs).unwrap();
+    assert_close(&a, &logits(&int8, BackendChoice::Tract, &imgs).unwrap(), "tract, routed");
+    if let Some(b) = logits(&int8, BackendChoice::OrtCpu, &imgs) {
+        assert_close(&a, &b, "onnx runtime, routed");
+    }
+}
+
+/// Dequantised weight values of every `DequantizeLinear` on an initializer, by its output.
+fn dequantised_weights(m: &LoadedModel) -> BTreeMap<String, (Vec<i64>, Vec<f32>)> {
+    let g = m.proto.graph.as_ref().unwrap();
+    let init = |name: &str| g.initializer.iter().find(|t| t.name == name);
+    let mut out = BTreeMap::new();
+    for n in g.node.iter().filter(|n| n.op_type == "DequantizeLinear") {
+        let (Some(q), Some(s), Some(z)) = (init(&n.input[0]), init(&n.input[1]), init(&n.input[2])) else { continue };
+        if q.data_type != dtype::INT8 {
+            continue;
+        }
+        let scales: Vec<f32> = s.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let per = q.raw_data.len() / scales.len();
+        let values = q
+            .raw_data
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v as i8 as f32 - z.raw_data[i / per] as i8 as f32) * scales[i / per])
+            .collect();
+        out.insert(n.output[0].clone(), (q.dims.clone(), values));
+    }
+    out
+}
+
+#[test]
+fn gemm_routing_changes_the_zero_point_and_not_one_weight_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, plain, _) = quantized_with(dir.path(), &quantize::QuantizeOptions::default());
+    let (_, routed, _) = quantized_with(dir.path(), &ROUTED);
+    let (a, b) = (dequantised_weights(&plain), dequantised_weights(&routed));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b, "routing must dequantise to exactly the same weights");
+    let zero_points = |m: &LoadedModel| -> Vec<i8> {
+        let g = m.proto.graph.as_ref().unwrap();
+        g.initializer.iter().filter(|t| t.name == "c2_w_zero_point").flat_map(|t| t.raw_data.iter().map(|&v| v as i8)).collect()
+    };
+    assert_eq!(zero_points(&plain), vec![0; 8]);
+    assert_eq!(zero_points(&routed), vec![-1; 8]);
+    // The first conv: 3 input channels padded to 4, the extra one all zeros,
+    // fed by a uint8 Pad whose value is the input's zero point.
+    let (dims, w) = &b["c1_w_dq"];
+    assert_eq!(dims, &vec![8, 4, 3, 3]);
+    assert!(w.chunks(9).skip(3).step_by(4).all(|k| k.iter().all(|v| *v == 0.0)));
+    let g = routed.proto.graph.as_ref().unwrap();
+    let pad = g.node.iter().find(|n| n.op_type == "Pad").expect("a Pad node");
+    assert_eq!(pad.input[0], "input_q");
+    assert_eq!(pad.input[2], "input_zero_point");
+}
+
+#[test]
 fn weights_round_trip_per_channel() {
     let w = [1.0f32, -0.5, 0.25, 0.0, 0.01, -0.02, 0.03, 0.04];
     let (q, s) = quantize::quantize_weights_per_channel(&w, 2);
@@ -166,6 +234,6 @@ fn weights_round_trip_per_channel() {
 fn a_quantised_model_is_not_quantised_again() {
     let dir = tempfile::tempdir().unwrap();
     let (_, int8, _) = quantized(dir.path());
-    let err = quantize::quantize_model(&int8.proto, &Default::default(), &BTreeMap::new()).unwrap_err();
+    let err = quantize::quantize_model(&int8.proto, &Default::default(), &BTreeMap::new(), &Default::default()).unwrap_err();
     assert!(err.to_string().contains("already quantised"), "{err}");
 }
