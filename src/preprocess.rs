@@ -335,6 +335,24 @@ mod tests {
         PreprocessSpec { size, mean: [0.5, 0.25, 0.0], std: [0.5, 0.25, 1.0], resize: ResizeMode::Stretch }
     }
 
+    /// The daemon reuses tensor buffers without clearing them: every element
+    /// must be written, whatever the resize mode and the image's shape.
+    #[test]
+    fn every_element_is_written_so_buffers_can_be_reused() {
+        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(37, 20, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, 90])));
+        for format in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let bytes = encode(&img, format);
+            for resize in [ResizeMode::Stretch, ResizeMode::CenterCrop] {
+                let spec = PreprocessSpec { resize, ..spec(16) };
+                let mut clean = vec![0.0f32; spec.tensor_len()];
+                let mut dirty = vec![f32::NAN; spec.tensor_len()];
+                preprocess_bytes(&bytes, &spec, &DecodeLimits::default(), &mut clean).unwrap();
+                preprocess_bytes(&bytes, &spec, &DecodeLimits::default(), &mut dirty).unwrap();
+                assert_eq!(clean, dirty, "{format:?} {resize:?}");
+            }
+        }
+    }
+
     #[test]
     fn sniffing_ignores_names_and_knows_the_formats() {
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));

@@ -140,6 +140,9 @@ pub struct Shared {
     pub watches_exhausted: AtomicBool,
     pub stats: Stats,
     requeue_tx: mpsc::Sender<IntakeMsg>,
+    /// Tensor buffers handed back by the batchers once copied into a batch,
+    /// reused by the workers: no zero-fill and no fresh pages per image.
+    tensors: (crossbeam_channel::Sender<Vec<f32>>, crossbeam_channel::Receiver<Vec<f32>>),
     /// The model in use (swapped by the batcher between batches).
     model: std::sync::RwLock<(Arc<LoadedModel>, engine::Backend)>,
 }
@@ -155,6 +158,23 @@ impl Shared {
 
     pub fn set_model(&self, model: Arc<LoadedModel>, backend: engine::Backend) {
         *self.model.write().unwrap_or_else(|e| e.into_inner()) = (model, backend);
+    }
+
+    /// A tensor buffer of `len` elements, reused if one is free. Its content
+    /// is whatever it held: the caller overwrites every element.
+    pub fn tensor_buffer(&self, len: usize) -> Vec<f32> {
+        match self.tensors.1.try_recv() {
+            Ok(mut v) => {
+                v.resize(len, 0.0);
+                v
+            }
+            Err(_) => vec![0.0; len],
+        }
+    }
+
+    /// Hands a tensor buffer back for reuse (dropped if enough are free).
+    pub fn recycle_tensor(&self, v: Vec<f32>) {
+        let _ = self.tensors.0.try_send(v);
     }
 
     pub fn release(&self, path: &Path) {
@@ -251,6 +271,8 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         watches_exhausted: AtomicBool::new(false),
         stats: Stats::default(),
         requeue_tx: intake_tx.clone(),
+        // As many as can be decoded and not yet batched at once, plus a batch.
+        tensors: crossbeam_channel::bounded(max_batch * 3 + cfg.workers.max(1)),
         model: std::sync::RwLock::new((model.clone(), backend)),
     });
 

@@ -220,7 +220,7 @@ fn process(
     }
 
     let spec = &model.spec.preprocess;
-    let mut tensor = vec![0.0f32; spec.tensor_len()];
+    let mut tensor = shared.tensor_buffer(spec.tensor_len());
     let started = Instant::now();
     let decoded = preprocess_bytes(&bytes, spec, &ctx.limits, &mut tensor);
     shared.stats.decode_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -348,8 +348,10 @@ pub fn batcher_loop(
         // Copied once into one contiguous batch (no zero-fill first: every
         // element is written by the copies).
         let mut flat = Vec::with_capacity(n * per_image);
-        for job in &batch {
+        let mut batch = batch;
+        for job in &mut batch {
             flat.extend_from_slice(&job.tensor);
+            shared.recycle_tensor(std::mem::take(&mut job.tensor));
         }
         let started = Instant::now();
         let result = match ndarray::Array4::from_shape_vec((n, 3, size, size), flat) {
