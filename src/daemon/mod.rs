@@ -415,6 +415,9 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// A new model and one engine piece per batcher.
+type Replacement = (Arc<LoadedModel>, Vec<Box<dyn engine::Classifier>>);
+
 /// Swaps the model when its file changes (checked every 2 s) or on SIGHUP.
 /// A new model is loaded, validated and opened on the same backend choice off
 /// the pipeline; only a model that passes all of that reaches the batcher, so
@@ -437,7 +440,7 @@ async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: Vec<crossbeam
         last = now;
         let (cfg2, current) = (cfg.clone(), shared.current_model().sha256.clone());
         let batchers = swaps.len();
-        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<(Arc<LoadedModel>, Vec<Box<dyn engine::Classifier>>)>> {
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Replacement>> {
             let m = LoadedModel::load(&cfg2.model)?;
             if m.sha256 == current {
                 return Ok(None);
@@ -607,10 +610,8 @@ impl Intake {
                     if self.shared.rescan.load(Ordering::SeqCst) && self.start_scan(self.root.clone(), &scanning, true) {
                         self.shared.rescan.store(false, Ordering::SeqCst);
                     }
-                    if now >= next_scan {
-                        if self.start_scan(self.root.clone(), &scanning, true) {
-                            next_scan = now + every;
-                        }
+                    if now >= next_scan && self.start_scan(self.root.clone(), &scanning, true) {
+                        next_scan = now + every;
                     }
                 }
             }
