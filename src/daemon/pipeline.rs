@@ -471,7 +471,7 @@ pub fn writer_loop(
 /// any paths that waited on its content, goes back to settle again.
 fn pass_gate(shared: &Shared, item: Item) -> Option<Item> {
     let Some(gate) = item.gate else { return Some(item) };
-    let path = item.paths.first()?;
+    let Some(path) = item.paths.first() else { return Some(Item { gate: None, ..item }) };
     if super::settle::observe(path) == Some(gate.look) {
         return Some(Item { gate: None, ..item });
     }
