@@ -138,6 +138,40 @@ else
     echo "no int8 model"
 fi
 
+echo "== stages, one process each (so the peak RSS is the stage's own): decode + preprocess per image, inference per batch per backend"
+# PNG 1024x768 made from dataset images; the 12 MP photos of the photo set, hard-linked apart.
+PNGS=$WORK/png1024-50
+MP12=$WORK/photos-12mp
+[[ -d $PNGS && -d $MP12 ]] || "$PY" - "$DATA/train" "$PNGS" "$PHOTOS" "$MP12" <<'EOF2'
+import os, sys
+from PIL import Image
+src, pngs, photos, mp12 = sys.argv[1:5]
+os.makedirs(pngs, exist_ok=True)
+os.makedirs(mp12, exist_ok=True)
+files = sorted(os.path.join(d, n) for d, _, ns in os.walk(src) for n in ns if n.endswith(".jpg"))[:50]
+for i, f in enumerate(files):
+    Image.open(f).convert("RGB").resize((1024, 768), Image.BILINEAR).save(os.path.join(pngs, f"{i:03d}.png"))
+for n in sorted(os.listdir(photos)):
+    with Image.open(os.path.join(photos, n)) as im:
+        big = im.width * im.height >= 11_000_000
+    if big and not os.path.exists(os.path.join(mp12, n)):
+        os.link(os.path.join(photos, n), os.path.join(mp12, n))
+EOF2
+SB=$ROOT/target/release/examples/stage_bench
+if [[ -x $SB ]]; then
+    "$SB" decode "$MODEL" "$SET224" --limit 500 | record stage_decode_jpeg224
+    "$SB" decode "$MODEL" "$MP12" | record stage_decode_jpeg12mp
+    "$SB" decode "$MODEL" "$PHOTOS" | record stage_decode_photos_mixed
+    "$SB" decode "$MODEL" "$PNGS" | record stage_decode_png1024
+    for backend in ort-cpu tract; do
+        for n in 1 8 16; do
+            "$SB" infer "$MODEL" --backend "$backend" --batch "$n" | record "stage_infer_${backend}_b$n"
+        done
+    done
+else
+    echo "no $SB (build it: cargo build --release --example stage_bench)"
+fi
+
 echo "== ratios (same run)"
 "$PY" - "$RESULTS" <<'EOF'
 import json, sys
@@ -174,6 +208,10 @@ for k in ("daemon_224", "daemon_photos", "daemon_burst5000"):
         print(f"{k}: single photo into idle daemon {d['single_photo_ms']} ms (settle {d['settle_ms']} ms); "
               f"burst latency p50/p90/p99 {d['latency_ms_p50']}/{d['latency_ms_p90']}/{d['latency_ms_p99']} ms; "
               f"peak RSS {(d['peak_rss_kb'] or 0)/1024:.0f} MB")
+for k, d in r.items():
+    if k.startswith("stage_"):
+        what = d.get("folder", "").rsplit("/", 1)[-1] or f"{d.get('backend')} batch {d.get('batch')}"
+        print(f"{k:28s} {what:24s} {d['images_per_s']:8.1f} img/s  p50/p90/p99 {d['p50_ms']}/{d['p90_ms']}/{d['p99_ms']} ms  peak RSS {d['peak_rss_kb']/1024:.0f} MB")
 for k in ("classify_224", "classify_photos"):
     if k in r:
         print(f"{k}: peak RSS {r[k]['peak_rss_kb']/1024:.0f} MB")
