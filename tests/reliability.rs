@@ -314,6 +314,28 @@ fn a_file_replaced_during_its_settle_interval_gets_only_its_final_content_classi
     assert!(d.stop().success());
 }
 
+/// Files sent early wait in the writer for their settle interval; at most
+/// `--queue` of them at once, the rest settle first. Either way every file
+/// gets exactly one row and every content is classified once.
+#[test]
+fn early_start_is_capped_by_the_queue_and_the_rest_settle_first() {
+    let n = 200;
+    let s = Setup::new();
+    let mut d = spawn(&s, &s.dir, &s.db, &["--settle-ms", "1500", "--reconcile-secs", "60", "--queue", "16"]);
+    wait_for(30, "start", || d.log().contains("instrument-detector watching"));
+    drop_burst(&s.dir, n, 0);
+    wait_for(120, &format!("{n} rows"), || s.count(DONE) as usize >= n);
+    std::thread::sleep(Duration::from_millis(2000)); // nothing more may appear
+    assert_eq!(s.count(DONE) as usize, n, "{}", d.log());
+    assert_eq!(s.count("SELECT count(*) FROM predictions") as usize, n);
+    check_burst_rows(&s, n, 0);
+    assert!(d.stop().success());
+    let log = d.log();
+    assert!(log.contains("already wait for their settle interval"), "the cap was never reached with --queue 16 and {n} files");
+    assert_eq!(classified_in_log(&log), Some(n as u64), "some content was classified twice (or not at all)");
+    assert_eq!(integrity(&s.db), "ok");
+}
+
 /// A file dispatched early still gets its row no sooner than one settle
 /// interval after it was written: the gate holds the result.
 #[test]

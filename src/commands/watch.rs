@@ -44,7 +44,8 @@ pub struct WatchArgs {
     /// Refuse images with more than this many megapixels (decompression bombs).
     #[arg(long, default_value = "150", value_name = "MP")]
     max_megapixels: u64,
-    /// Most candidates the intake holds at once (bounds memory during bursts).
+    /// Most candidates the intake holds at once, and most files sent early
+    /// whose results wait for their settle interval (bounds memory during bursts).
     #[arg(long, default_value = "4096", value_name = "N")]
     queue: usize,
     /// Serve Prometheus /metrics and /healthz on this address (e.g.

@@ -27,7 +27,7 @@ use crate::preprocess::DecodeLimits;
 use crate::store::{Outcome, Store, path_text};
 use anyhow::{Context, bail};
 use pipeline::{Gate, Item, Registry, Work, WriteMsg};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -132,7 +132,13 @@ pub struct Shared {
     pub decoding: AtomicUsize,
     pub registry: Mutex<Registry>,
     /// Paths dispatched and not yet committed.
-    pub inflight: Mutex<HashSet<PathBuf>>,
+    /// Paths dispatched and not yet committed, each with whether it went
+    /// early (with a gate).
+    pub inflight: Mutex<HashMap<PathBuf, bool>>,
+    /// How many of those went early. Their results wait in the writer for
+    /// their settle interval, so the intake stops sending files early at
+    /// `--queue` of them: memory stays bounded whatever the interval.
+    pub early_inflight: AtomicUsize,
     /// Set when events may have been lost; the intake then rescans.
     pub rescan: AtomicBool,
     /// Set when the watcher ran out of inotify watches at run time: events
@@ -178,7 +184,9 @@ impl Shared {
     }
 
     pub fn release(&self, path: &Path) {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(path);
+        if self.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(path) == Some(true) {
+            self.early_inflight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Sends a path back to the intake to settle again; if the intake is full
@@ -266,7 +274,8 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         stopping: AtomicBool::new(false),
         decoding: AtomicUsize::new(0),
         registry: Mutex::new(Registry::default()),
-        inflight: Mutex::new(HashSet::new()),
+        inflight: Mutex::new(HashMap::new()),
+        early_inflight: AtomicUsize::new(0),
         rescan: AtomicBool::new(false),
         watches_exhausted: AtomicBool::new(false),
         stats: Stats::default(),
@@ -649,11 +658,24 @@ impl Intake {
         self.shared.stats.seen.fetch_add(1, Ordering::Relaxed);
         let (look, now) = (settle::observe(&p), Instant::now());
         match look {
-            Some(look) if written && look.size > 0 => {
+            Some(look)
+                if written
+                    && look.size > 0
+                    && self.shared.early_inflight.load(Ordering::SeqCst) + ready.len() < self.cfg.queue.max(16) =>
+            {
                 settler.remove(&p);
                 ready.push_back(Work { path: p, gate: Some(Gate { due: now + self.cfg.settle, look }) });
             }
-            _ => settler.offer(p, look, now),
+            _ => {
+                if written && look.is_some_and(|l| l.size > 0) {
+                    tracing::debug!(
+                        "{}: {} files already wait for their settle interval (--queue): this one settles first",
+                        path_text(&p),
+                        self.shared.early_inflight.load(Ordering::SeqCst)
+                    );
+                }
+                settler.offer(p, look, now)
+            }
         }
     }
 
@@ -677,12 +699,15 @@ impl Intake {
         while let Some(w) = ready.pop_front() {
             {
                 let mut inflight = self.shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                if inflight.contains(&w.path) {
+                if inflight.contains_key(&w.path) {
                     // Being processed: look again once that is committed.
                     deferred.push(w.path);
                     continue;
                 }
-                inflight.insert(w.path.clone());
+                inflight.insert(w.path.clone(), w.gate.is_some());
+                if w.gate.is_some() {
+                    self.shared.early_inflight.fetch_add(1, Ordering::SeqCst);
+                }
             }
             match self.work_tx.try_send(w) {
                 Ok(()) => {}
