@@ -282,6 +282,8 @@ pub fn batcher_loop(
     swaps: Receiver<ModelSwap>,
 ) {
     let mut swaps = swaps;
+    // The batch buffer, kept between batches (no fresh pages for each).
+    let mut spare: Vec<f32> = Vec::new();
     loop {
         // Model changes take effect here, between batches.
         let first = crossbeam_channel::select! {
@@ -347,7 +349,9 @@ pub fn batcher_loop(
         let n = batch.len();
         // Copied once into one contiguous batch (no zero-fill first: every
         // element is written by the copies).
-        let mut flat = Vec::with_capacity(n * per_image);
+        let mut flat = std::mem::take(&mut spare);
+        flat.clear();
+        flat.reserve(n * per_image);
         let mut batch = batch;
         for job in &mut batch {
             flat.extend_from_slice(&job.tensor);
@@ -355,7 +359,11 @@ pub fn batcher_loop(
         }
         let started = Instant::now();
         let result = match ndarray::Array4::from_shape_vec((n, 3, size, size), flat) {
-            Ok(input) => engine.run(input.view()),
+            Ok(input) => {
+                let result = engine.run(input.view());
+                spare = input.into_raw_vec_and_offset().0;
+                result
+            }
             // Cannot happen (every tensor was made for this model); if it did,
             // the files get error rows instead of being dropped.
             Err(e) => Err(crate::engine::EngineError::Inference {
