@@ -316,14 +316,25 @@ fn a_file_replaced_during_its_settle_interval_gets_only_its_final_content_classi
 
 /// Files sent early wait in the writer for their settle interval; at most
 /// `--queue` of them at once, the rest settle first. Either way every file
-/// gets exactly one row and every content is classified once.
+/// gets exactly one row and every content is classified once. The files are
+/// renamed into place one by one (one event each, 10 ms apart), so the
+/// intake's event queue, as small as `--queue`, never overflows into a rescan.
 #[test]
 fn early_start_is_capped_by_the_queue_and_the_rest_settle_first() {
-    let n = 200;
+    let n = 80;
     let s = Setup::new();
-    let mut d = spawn(&s, &s.dir, &s.db, &["--settle-ms", "1500", "--reconcile-secs", "60", "--queue", "16"]);
+    let staging = s.tmp.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    for k in 0..n {
+        std::fs::write(staging.join(format!("burst-{k:06}.png")), unique_png(label_of(k), k as u32)).unwrap();
+    }
+    let mut d = spawn(&s, &s.dir, &s.db, &["--settle-ms", "3000", "--reconcile-secs", "60", "--queue", "16"]);
     wait_for(30, "start", || d.log().contains("instrument-detector watching"));
-    drop_burst(&s.dir, n, 0);
+    for k in 0..n {
+        let name = format!("burst-{k:06}.png");
+        std::fs::rename(staging.join(&name), s.dir.join(&name)).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
     wait_for(120, &format!("{n} rows"), || s.count(DONE) as usize >= n);
     std::thread::sleep(Duration::from_millis(2000)); // nothing more may appear
     assert_eq!(s.count(DONE) as usize, n, "{}", d.log());
@@ -331,7 +342,7 @@ fn early_start_is_capped_by_the_queue_and_the_rest_settle_first() {
     check_burst_rows(&s, n, 0);
     assert!(d.stop().success());
     let log = d.log();
-    assert!(log.contains("already wait for their settle interval"), "the cap was never reached with --queue 16 and {n} files");
+    assert!(log.contains("already wait for their settle interval"), "the cap was never reached with --queue 16 and {n} files\n{log}");
     assert_eq!(classified_in_log(&log), Some(n as u64), "some content was classified twice (or not at all)");
     assert_eq!(integrity(&s.db), "ok");
 }
