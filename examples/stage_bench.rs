@@ -11,10 +11,11 @@
 //!     stage_bench infer MODEL --backend ort-cpu|tract|cuda --batch N [--iters N]
 //!         time the engine per batch on fixed input in the normalised range
 
+use instrument_detector::batch::expand_paths;
 use instrument_detector::engine::{self, BackendChoice, EngineOptions};
 use instrument_detector::model::LoadedModel;
 use instrument_detector::preprocess::{DecodeLimits, preprocess_bytes};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -67,22 +68,11 @@ fn run(args: &[String]) -> Result<String, String> {
     }
 }
 
-fn images_under(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    out.sort();
-    if out.is_empty() {
+fn decode(model: &LoadedModel, dir: &Path, limit: usize) -> Result<String, String> {
+    let mut paths = expand_paths(&[dir.to_path_buf()])?;
+    if paths.is_empty() {
         return Err(format!("no files under {}", dir.display()));
     }
-    Ok(out)
-}
-
-fn decode(model: &LoadedModel, dir: &Path, limit: usize) -> Result<String, String> {
-    let mut paths = images_under(dir)?;
     if limit > 0 {
         paths.truncate(limit);
     }

@@ -304,7 +304,8 @@ pub fn preprocess_bytes(
 /// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
 /// target (which compiles this file on its own, so it lives here) and the
 /// mutation fuzzer. The last byte picks the model input and resize mode, so
-/// the stretch and centre-crop paths and the scaled JPEG decode are reached. Panics if a decoded tensor holds a non-finite value.
+/// the stretch and centre-crop paths and the scaled JPEG decode are reached.
+/// Panics if a decoded tensor holds a non-finite value.
 #[doc(hidden)]
 pub fn fuzz_one(data: &[u8], limits: &DecodeLimits) {
     let _ = sniff(data);

@@ -131,7 +131,6 @@ pub struct Shared {
     /// Workers currently reading/decoding (the batcher waits only if > 0).
     pub decoding: AtomicUsize,
     pub registry: Mutex<Registry>,
-    /// Paths dispatched and not yet committed.
     /// Paths dispatched and not yet committed, each with whether it went
     /// early (with a gate).
     pub inflight: Mutex<HashMap<PathBuf, bool>>,
@@ -657,25 +656,17 @@ impl Intake {
         }
         self.shared.stats.seen.fetch_add(1, Ordering::Relaxed);
         let (look, now) = (settle::observe(&p), Instant::now());
-        match look {
-            Some(look)
-                if written
-                    && look.size > 0
-                    && self.shared.early_inflight.load(Ordering::SeqCst) + ready.len() < self.cfg.queue.max(16) =>
-            {
-                settler.remove(&p);
-                ready.push_back(Work { path: p, gate: Some(Gate { due: now + self.cfg.settle, look }) });
-            }
-            _ => {
-                if written && look.is_some_and(|l| l.size > 0) {
-                    tracing::debug!(
-                        "{}: {} files already wait for their settle interval (--queue): this one settles first",
-                        path_text(&p),
-                        self.shared.early_inflight.load(Ordering::SeqCst)
-                    );
-                }
-                settler.offer(p, look, now)
-            }
+        let Some(look) = look.filter(|l| written && l.size > 0) else {
+            settler.offer(p, look, now);
+            return;
+        };
+        let early = self.shared.early_inflight.load(Ordering::SeqCst);
+        if early + ready.len() < self.cfg.queue.max(16) {
+            settler.remove(&p);
+            ready.push_back(Work { path: p, gate: Some(Gate { due: now + self.cfg.settle, look }) });
+        } else {
+            tracing::debug!("{}: {early} files already wait for their settle interval (--queue): this one settles first", path_text(&p));
+            settler.offer(p, Some(look), now);
         }
     }
 

@@ -160,7 +160,7 @@ fn process(
         return Ok(());
     }
     if let Some(g) = gate
-        && meta.modified().ok().map(|mtime| Observation { size: meta.len(), mtime }) != Some(g.look)
+        && Observation::of(&meta) != Some(g.look)
     {
         // Changed since the event that dispatched it early: settle it the slow way.
         shared.release(path);

@@ -17,13 +17,20 @@ pub struct Observation {
     pub mtime: SystemTime,
 }
 
+impl Observation {
+    /// The look that `meta` gives (`None` if it has no modification time).
+    pub fn of(meta: &std::fs::Metadata) -> Option<Observation> {
+        Some(Observation { size: meta.len(), mtime: meta.modified().ok()? })
+    }
+}
+
 /// Looks at a file; `None` if it is gone or not a regular file.
 pub fn observe(path: &Path) -> Option<Observation> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
         return None;
     }
-    Some(Observation { size: meta.len(), mtime: meta.modified().ok()? })
+    Observation::of(&meta)
 }
 
 #[derive(Debug)]
