@@ -10,6 +10,7 @@
 pub mod engine;
 pub mod model;
 pub mod onnx;
+pub mod open_world;
 pub mod preprocess;
 pub mod testkit;
 pub mod store;

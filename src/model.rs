@@ -7,6 +7,7 @@
 //! drift apart.
 
 use crate::onnx::{self, ModelProto, dtype};
+use crate::open_world::OpenWorld;
 use crate::preprocess::{PreprocessSpec, ResizeMode};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -56,7 +57,19 @@ pub struct ModelSpec {
     pub preprocess: PreprocessSpec,
     pub output: OutputKind,
     pub temperature: f32,
+    /// The appended ImageNet head and the "no instrument" rule, when the model has them.
+    pub open_world: Option<OpenWorld>,
     pub metadata: BTreeMap<String, String>,
+}
+
+/// One row of model output, interpreted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judgement {
+    /// One probability per label.
+    pub probabilities: Vec<f32>,
+    /// `Some(confidence)` when the photo shows none of the labels
+    /// (only for a model with an [`OpenWorld`] description).
+    pub none: Option<f32>,
 }
 
 impl ModelSpec {
@@ -113,21 +126,59 @@ impl ModelSpec {
         if !(temperature > 0.0 && temperature.is_finite()) {
             return Err("metadata 'temperature' must be a positive number".into());
         }
+        let open_world = match meta.get(crate::open_world::KEY) {
+            None => None,
+            Some(raw) => Some(OpenWorld::from_metadata(raw, &labels).map_err(|e| e.to_string())?),
+        };
+        if open_world.is_some() && output != OutputKind::Logits {
+            return Err("a model with an 'open_world' description must output logits".into());
+        }
         Ok(ModelSpec {
             labels,
             preprocess: PreprocessSpec { size, mean, std, resize },
             output,
             temperature,
+            open_world,
             metadata: meta.clone(),
         })
     }
 
-    /// Turns one row of raw model output into probabilities.
-    pub fn probabilities(&self, row: &[f32]) -> Vec<f32> {
-        match self.output {
-            OutputKind::Probabilities => row.to_vec(),
-            OutputKind::Logits => softmax(row, self.temperature),
+    /// Every label a verdict can carry: the labels, and `none` for an open-world model.
+    pub fn verdict_labels(&self) -> Vec<String> {
+        let mut all = self.labels.clone();
+        if self.open_world.is_some() {
+            all.push(crate::open_world::NONE.into());
         }
+        all
+    }
+
+    /// Columns in one row of this model's output.
+    pub fn output_width(&self) -> usize {
+        match &self.open_world {
+            Some(ow) => ow.row_width(self.labels.len()),
+            None => self.labels.len(),
+        }
+    }
+
+    /// Turns one row of raw model output into one probability per label.
+    pub fn probabilities(&self, row: &[f32]) -> Vec<f32> {
+        self.judge(row).probabilities
+    }
+
+    /// Turns one row of raw model output into probabilities and, for an
+    /// open-world model, the "no instrument" verdict.
+    pub fn judge(&self, row: &[f32]) -> Judgement {
+        let Some(ow) = &self.open_world else {
+            let probabilities = match self.output {
+                OutputKind::Probabilities => row.to_vec(),
+                OutputKind::Logits => softmax(row, self.temperature),
+            };
+            return Judgement { probabilities, none: None };
+        };
+        let reading = ow.read(&self.labels, row);
+        let probabilities = softmax(&reading.logits, self.temperature);
+        let best = probabilities.iter().copied().fold(0.0, f32::max);
+        Judgement { none: ow.none_verdict(reading.instrument_mass, best), probabilities }
     }
 }
 
@@ -200,11 +251,12 @@ impl LoadedModel {
         }
         if let Some((_, odims)) = tensor_type(&graph.output[0])
             && let Some(Some(width)) = odims.last()
-            && *width != spec.labels.len() as i64
+            && *width != spec.output_width() as i64
         {
             return Err(invalid(format!(
-                "the output has {width} classes but the metadata lists {} labels",
-                spec.labels.len()
+                "the output has {width} columns but the metadata lists {} labels{}",
+                spec.labels.len(),
+                if spec.open_world.is_some() { " and an open-world ImageNet head" } else { "" }
             )));
         }
         let sha256 = hex(&Sha256::digest(&bytes));

@@ -3,14 +3,23 @@
 use crate::model::ModelSpec;
 use crate::store::Scored;
 
-/// The `k` most probable labels of one output row, best first.
+/// The verdict first, then the `k` most probable labels of one output row.
+///
+/// For most photos the verdict is the best label, so the list is just the top
+/// `k`. When an open-world model finds no instrument, the verdict is
+/// [`NONE`](crate::open_world::NONE) with the confidence that there is none,
+/// and the `k` instruments follow it (so "second choices" stay queryable).
 pub fn top_k(spec: &ModelSpec, row: &[f32], k: usize) -> Vec<Scored> {
-    let probs = spec.probabilities(row);
+    let judgement = spec.judge(row);
+    let probs = &judgement.probabilities;
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-    order
+    let verdict = judgement.none.map(|c| Scored { label: crate::open_world::NONE.into(), confidence: c });
+    verdict
         .into_iter()
-        .take(k)
-        .map(|i| Scored { label: spec.labels.get(i).cloned().unwrap_or_else(|| format!("#{i}")), confidence: probs[i] })
+        .chain(order.into_iter().take(k).map(|i| Scored {
+            label: spec.labels.get(i).cloned().unwrap_or_else(|| format!("#{i}")),
+            confidence: probs[i],
+        }))
         .collect()
 }

@@ -44,6 +44,65 @@ pub fn color_model_with(size: u32, labels: &[String], outputs: usize) -> Vec<u8>
     crate::onnx::encode(&g.build())
 }
 
+/// [`color_model`] with an open-world ImageNet head appended, as the trainer
+/// exports real models: 3 colour logits, then 4 "ImageNet" logits, with the
+/// metadata that makes the daemon apply the product of experts and the `none`
+/// rule ([`crate::open_world`]). ImageNet class 0 is a red instrument (the
+/// twin of "red"), class 1 a green one, classes 2 and 3 are not instruments;
+/// class 3 answers darkness. So:
+/// - a red, green or blue picture keeps its colour (the classifier is sure);
+/// - a black picture is `none` (the classifier cannot tell, and ImageNet
+///   sees no instrument);
+/// - a white picture is an instrument (ImageNet sees one, though the
+///   classifier cannot tell which).
+pub fn open_world_color_model(size: u32) -> Vec<u8> {
+    let mut g = GraphBuilder::new("color-open-world");
+    let n = Dim::Named("N".into());
+    g.input("input", dtype::FLOAT, &[n.clone(), Dim::Fixed(3), Dim::Fixed(size as i64), Dim::Fixed(size as i64)]);
+    let pooled = g.node("GlobalAveragePool", &["input"], "pooled", vec![]);
+    let flat = g.node("Flatten", &[&pooled], "flat", vec![("axis", Attr::Int(1))]);
+    #[rustfmt::skip]
+    let w = [
+        10.0, 0.0, 0.0,   0.0, 10.0, 0.0,   0.0, 0.0, 10.0,    // red, green, blue
+        10.0, 0.0, 0.0,   0.0, 10.0, 0.0,   0.0, 0.0, 0.0,     // ImageNet 0, 1, 2
+        -10.0, -10.0, -10.0,                                  // ImageNet 3: darkness
+    ];
+    let w = g.constant_f32("w", &[7, 3], &w);
+    let b = g.constant_f32("b", &[7], &[0.0; 7]);
+    g.node("Gemm", &[&flat, &w, &b], "scores", vec![("transB", Attr::Int(1))]);
+    g.output("scores", dtype::FLOAT, &[n, Dim::Fixed(7)]);
+    g.metadata(keys::LABELS, serde_json::to_string(&COLOR_LABELS).expect("labels serialise"));
+    g.metadata(keys::INPUT_SIZE, size.to_string());
+    g.metadata(keys::MEAN, "[0.5, 0.5, 0.5]");
+    g.metadata(keys::STD, "[0.5, 0.5, 0.5]");
+    g.metadata(keys::ARCHITECTURE, "color-open-world-test");
+    g.metadata(crate::open_world::KEY, open_world_color_description().to_metadata());
+    crate::onnx::encode(&g.build())
+}
+
+/// The open-world description of [`open_world_color_model`].
+pub fn open_world_color_description() -> crate::open_world::OpenWorld {
+    crate::open_world::OpenWorld {
+        imagenet_classes: 4,
+        imagenet_temperature: 1.0,
+        twins: [("red".to_string(), vec![0])].into_iter().collect(),
+        expert_weight: 1.0,
+        instrument_classes: vec![0, 1],
+        none_rule: crate::open_world::NoneRule { max_instrument_mass: 0.2, max_confidence: 0.8 },
+    }
+}
+
+/// A `w`x`h` image of one flat colour (with a seed stamped in, for distinct content).
+pub fn flat_image(rgb: [u8; 3], w: u32, h: u32, seed: u32) -> RgbImage {
+    let mut img = RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    for (i, byte) in seed.to_le_bytes().iter().enumerate() {
+        if (i as u32) < w {
+            img.put_pixel(i as u32, 0, image::Rgb([rgb[0] ^ (byte & 1), rgb[1], rgb[2]]));
+        }
+    }
+    img
+}
+
 /// An RGB colour for each label of [`color_model`].
 pub fn color_of(label: &str) -> [u8; 3] {
     match label {

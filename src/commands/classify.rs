@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use instrument_detector::batch::{FileResult, classify_paths, expand_paths};
 use instrument_detector::engine::{self, Classifier};
 use instrument_detector::model::LoadedModel;
+use instrument_detector::open_world::NONE;
 use instrument_detector::output::terminal_safe;
 use instrument_detector::preprocess::DecodeLimits;
 use instrument_detector::store::path_text;
@@ -96,7 +97,13 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
 
 pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     let (model, mut engine) = open_engine(&a.model)?;
-    let labels = &model.spec.labels;
+    // `none` is a class like any other here: the photos under DIR/none should get it.
+    let mut all_labels = model.spec.verdict_labels();
+    let has_none_folder = a.dir.join(NONE).is_dir();
+    if has_none_folder && !all_labels.iter().any(|l| l == NONE) {
+        all_labels.push(NONE.into());
+    }
+    let labels = &all_labels;
     let index: BTreeMap<&str, usize> = labels.iter().enumerate().map(|(i, l)| (l.as_str(), i)).collect();
     let mut files = Vec::new();
     let mut truth = Vec::new();
@@ -109,7 +116,12 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     for class in classes {
         let name = class.file_name().to_string_lossy().into_owned();
         let Some(&k) = index.get(name.as_str()) else {
-            bail!("folder '{}' is not one of the model's {} labels ({})", terminal_safe(&name), labels.len(), labels.join(", "));
+            bail!(
+                "folder '{}' is not one of the model's {} labels ({}), nor '{NONE}' (photos that show no instrument)",
+                terminal_safe(&name),
+                model.spec.labels.len(),
+                model.spec.labels.join(", ")
+            );
         };
         for f in expand_paths(&[class.path()]).map_err(anyhow::Error::msg)? {
             files.push(f);
@@ -151,6 +163,12 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
         .map(|(cnt, conf, hits)| (*cnt as f64 / total.max(1) as f64) * (conf / *cnt as f64 - *hits as f64 / *cnt as f64).abs())
         .sum();
     let accuracy = correct as f64 / total.max(1) as f64;
+    // How often a photo that does show an instrument was called `none`.
+    let none_k = index.get(NONE).copied();
+    let instrument_rows = confusion.iter().enumerate().filter(|(t, _)| Some(*t) != none_k);
+    let (instrument_photos, called_none) = instrument_rows.fold((0u64, 0u64), |(n, c), (_, row)| {
+        (n + row.iter().sum::<u64>(), c + none_k.map_or(0, |k| row[k]))
+    });
     let per_class: BTreeMap<&str, serde_json::Value> = labels
         .iter()
         .enumerate()
@@ -175,6 +193,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
             "accuracy": accuracy, "images": total, "correct": correct,
             "errors": errors.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
             "per_class": per_class, "labels": labels, "confusion": confusion, "ece": ece,
+            "instrument_photos_called_none": called_none, "instrument_photos": instrument_photos,
             "model": model.path, "model_sha256": model.sha256, "backend": engine.backend().as_str(),
             "seconds": secs, "images_per_second": total as f64 / secs,
         }))?;
@@ -182,6 +201,10 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     } else {
         writeln!(out, "accuracy {:.2}% ({correct}/{total}) on {}  [{} backend, {:.1} img/s, ECE {:.3}]",
             accuracy * 100.0, a.dir.display(), engine.backend(), total as f64 / secs, ece)?;
+        if none_k.is_some() && instrument_photos > 0 {
+            writeln!(out, "  {called_none} of {instrument_photos} instrument photos called '{NONE}' ({:.1}%)",
+                called_none as f64 * 100.0 / instrument_photos as f64)?;
+        }
         for (l, v) in &per_class {
             let acc = v["accuracy"].as_f64().unwrap_or(0.0);
             if acc < 1.0 {

@@ -296,7 +296,7 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
     let writer = {
         let shared = shared.clone();
         {
-            let organizer = cfg.organize.clone().map(|d| organize::Organizer::new(d, model.spec.labels.clone()));
+            let organizer = cfg.organize.clone().map(|d| organize::Organizer::new(d, model.spec.verdict_labels()));
             std::thread::Builder::new()
                 .name("writer".into())
                 .spawn(move || pipeline::writer_loop(shared, store, write_rx, organizer))?

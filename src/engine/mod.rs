@@ -118,18 +118,20 @@ pub fn physical_cores() -> usize {
 }
 
 /// Checks a freshly opened engine with one dry run, so a model whose output
-/// does not match its labels is refused at start-up with a clear reason.
+/// does not match its labels is refused at start-up with a clear reason. The
+/// batch is 2, not 1: a graph that collapses the batch axis passes a batch of 1.
 fn dry_run(engine: &mut dyn Classifier, model: &LoadedModel) -> Result<(), EngineError> {
     let size = model.spec.preprocess.size as usize;
-    let zeros = ndarray::Array4::<f32>::zeros((1, 3, size, size));
+    let zeros = ndarray::Array4::<f32>::zeros((2, 3, size, size));
     let out = engine.run(zeros.view())?;
-    let labels = model.spec.labels.len();
-    if out.shape() != [1, labels] {
+    let width = model.spec.output_width();
+    if out.shape() != [2, width] {
         return Err(EngineError::Model {
             backend: engine.backend(),
             reason: format!(
-                "a batch of 1 produced output shape {:?}, expected [1, {labels}] (one score per label)",
-                out.shape()
+                "a batch of 2 produced output shape {:?}, expected [2, {width}] (one row per image, one score per label{})",
+                out.shape(),
+                if model.spec.open_world.is_some() { ", then the ImageNet logits" } else { "" }
             ),
         });
     }

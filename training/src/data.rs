@@ -683,7 +683,9 @@ impl Drop for Loader {
 /// The preprocessing each architecture's ImageNet weights expect.
 pub fn spec_for(arch: crate::nets::Arch, size: u32) -> PreprocessSpec {
     match arch {
-        crate::nets::Arch::EfficientNetLite0 => PreprocessSpec {
+        crate::nets::Arch::EfficientNetLite0
+        | crate::nets::Arch::EfficientNetLite1
+        | crate::nets::Arch::EfficientNetLite2 => PreprocessSpec {
             size,
             mean: [127.0 / 255.0; 3],
             std: [128.0 / 255.0; 3],

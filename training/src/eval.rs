@@ -5,15 +5,25 @@ use crate::data::{Loader, Mode, Sample};
 use crate::nets::Network;
 use anyhow::Result;
 use instrument_detector::engine::Classifier;
+use instrument_detector::open_world::OpenWorld;
 use instrument_detector::preprocess::PreprocessSpec;
 use ndarray::ArrayView4;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-/// Raw logits of every item, with labels.
+/// Logits of every item (for an open-world model, the combined logits), with labels.
 pub struct Predictions {
     pub logits: Vec<Vec<f32>>,
     pub labels: Vec<usize>,
+    /// ImageNet probability on instrument classes (open-world models only).
+    pub instrument_mass: Vec<f32>,
+}
+
+/// How to read an open-world model's rows: the daemon's own reading.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub open_world: &'a OpenWorld,
+    pub classes: &'a [String],
 }
 
 /// What turns a batch of preprocessed images into logits.
@@ -71,6 +81,7 @@ pub fn predict(
     batch: usize,
     workers: usize,
     seed: u64,
+    reader: Option<Reader>,
 ) -> Result<Predictions> {
     let items = match mode {
         Mode::Hard { variants } => samples.len() * variants,
@@ -89,6 +100,7 @@ pub fn predict(
     let mut out = Predictions {
         logits: Vec::with_capacity(items),
         labels: Vec::with_capacity(items),
+        instrument_mass: Vec::new(),
     };
     for b in loader {
         let b = b?;
@@ -97,7 +109,15 @@ pub fn predict(
         let k = logits.size()[1] as usize;
         let flat = crate::nets::to_vec(&logits);
         for (i, l) in b.labels.iter().enumerate() {
-            out.logits.push(flat[i * k..(i + 1) * k].to_vec());
+            let row = &flat[i * k..(i + 1) * k];
+            match reader {
+                Some(r) => {
+                    let reading = r.open_world.read(r.classes, row);
+                    out.logits.push(reading.logits);
+                    out.instrument_mass.push(reading.instrument_mass);
+                }
+                None => out.logits.push(row.to_vec()),
+            }
             out.labels.push(*l as usize);
         }
     }
@@ -174,6 +194,23 @@ impl Predictions {
             }
         }
         best.0
+    }
+
+    /// Which items the "no instrument" rule calls `none` at temperature `t`
+    /// (all false for a model without the rule).
+    pub fn called_none(&self, open_world: Option<&OpenWorld>, t: f64) -> Vec<bool> {
+        let Some(ow) = open_world else {
+            return vec![false; self.logits.len()];
+        };
+        self.logits
+            .iter()
+            .zip(&self.instrument_mass)
+            .map(|(row, &mass)| {
+                let p = instrument_detector::model::softmax(row, t as f32);
+                let best = p.iter().copied().fold(0.0, f32::max);
+                ow.none_verdict(mass, best).is_some()
+            })
+            .collect()
     }
 
     pub fn confusion(&self, k: usize) -> Vec<Vec<usize>> {

@@ -2,7 +2,7 @@
 //! the daemon's own decode, preprocessing and engine on an exported model.
 
 use crate::data::{Dataset, HARD_VARIANTS, Mode, limits, read_rgb};
-use crate::eval::{Predictions, Scorer, argmax, predict};
+use crate::eval::{Predictions, Reader, Scorer, argmax, predict};
 use anyhow::{Context, Result};
 use instrument_detector::engine::{self, BackendChoice, EngineOptions};
 use instrument_detector::model::LoadedModel;
@@ -46,6 +46,10 @@ pub fn run(
         model.sha256,
         clf.backend()
     );
+    let reader = model.spec.open_world.as_ref().map(|ow| Reader {
+        open_world: ow,
+        classes: &model.spec.labels,
+    });
     let mut scorer = Scorer::Engine(clf.as_mut());
     let valid = Arc::new(ds.valid.clone());
     let vp = predict(
@@ -56,6 +60,7 @@ pub fn run(
         16,
         workers,
         seed,
+        reader,
     )?;
     println!("{}", line("valid", &vp, t));
     let hp = predict(
@@ -68,6 +73,7 @@ pub fn run(
         16,
         workers,
         seed,
+        reader,
     )?;
     println!("{}", line("hard valid", &hp, t));
     for (name, acc) in HARD_VARIANTS
@@ -85,6 +91,7 @@ pub fn run(
             16,
             workers,
             seed,
+            reader,
         )?;
         println!("{}", line("test", &tp, t));
         let k = ds.classes.len();
@@ -126,7 +133,8 @@ pub fn run(
             )?;
             let out = clf.run(view)?;
             let rows: Vec<Vec<f32>> = out.outer_iter().map(|r| r.to_vec()).collect();
-            same += (argmax(&rows[0]) == argmax(&rows[1])) as usize;
+            let top = |row: &[f32]| argmax(&model.spec.probabilities(row));
+            same += (top(&rows[0]) == top(&rows[1])) as usize;
             n += 1;
         }
         println!("4000x3000 JPEG vs original thumbnail: same top-1 on {same}/{n}");

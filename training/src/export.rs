@@ -32,11 +32,7 @@ pub fn build_onnx(
         &[n.clone(), Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)],
     );
     let logits = net.emit(&mut g, "input", size);
-    g.output(
-        &logits,
-        dtype::FLOAT,
-        &[n, Dim::Fixed(classes.len() as i64)],
-    );
+    g.output(&logits, dtype::FLOAT, &[n, Dim::Fixed(net.output_width())]);
     let json = |v: &[f32]| serde_json::to_string(v).expect("floats serialise");
     g.metadata(
         keys::LABELS,
@@ -179,6 +175,8 @@ pub fn check_parity(net: &Network, onnx: &[u8], inputs: &Tensor) -> Result<Vec<P
     let dims: Vec<usize> = inputs.size().iter().map(|&d| d as usize).collect();
     let data = crate::nets::to_vec(inputs);
     let view = ArrayView4::from_shape((dims[0], dims[1], dims[2], dims[3]), &data)?;
+    // Compare the whole row (the ImageNet logits too), top-1 on our own logits.
+    let width = net.output_width() as usize;
     let k = net.num_classes as usize;
     let mut results = Vec::new();
     for choice in [BackendChoice::Tract, BackendChoice::OrtCpu] {
@@ -210,8 +208,8 @@ pub fn check_parity(net: &Network, onnx: &[u8], inputs: &Tensor) -> Result<Vec<P
         let logit_scale = want.iter().map(|v| v.abs() as f64).fold(1.0, f64::max);
         let argmax_agree = (0..dims[0])
             .filter(|&r| {
-                crate::eval::argmax(&got[r * k..(r + 1) * k])
-                    == crate::eval::argmax(&want[r * k..(r + 1) * k])
+                crate::eval::argmax(&got[r * width..r * width + k])
+                    == crate::eval::argmax(&want[r * width..r * width + k])
             })
             .count();
         let p = Parity {

@@ -132,6 +132,10 @@ fn main() -> Result<()> {
                 chrono::Utc::now().format("%Y-%m-%d").to_string(),
             );
             extra.insert("training_args".into(), m.args.to_string());
+            if let Some(ow) = &m.open_world {
+                // `--meta open_world=JSON` may replace it (new thresholds, say).
+                extra.insert(instrument_detector::open_world::KEY.into(), ow.to_string());
+            }
             extra.extend(meta);
             let parity =
                 training::export::export_checked(&net, &spec, &m.classes, &extra, &inputs, &out)

@@ -10,10 +10,18 @@ use tch::{Device, Kind, Tensor, nn};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Arch {
-    /// EfficientNet-Lite0 (no squeeze-excitation, ReLU6, TF "SAME" padding; 4.7 M parameters).
+    /// EfficientNet-Lite0 (no squeeze-excitation, ReLU6, TF "SAME" padding; 4.7 M parameters, 224 px).
     #[value(name = "efficientnet-lite0")]
     #[serde(rename = "efficientnet-lite0")]
     EfficientNetLite0,
+    /// EfficientNet-Lite1: Lite0 1.1x deeper (5.4 M parameters, 240 px).
+    #[value(name = "efficientnet-lite1")]
+    #[serde(rename = "efficientnet-lite1")]
+    EfficientNetLite1,
+    /// EfficientNet-Lite2: Lite0 1.1x wider and 1.2x deeper (6.1 M parameters, 260 px).
+    #[value(name = "efficientnet-lite2")]
+    #[serde(rename = "efficientnet-lite2")]
+    EfficientNetLite2,
     /// torchvision's ResNet50 (25.6 M parameters).
     #[value(name = "resnet50")]
     #[serde(rename = "resnet50")]
@@ -24,6 +32,8 @@ impl Arch {
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::EfficientNetLite0 => "efficientnet-lite0",
+            Arch::EfficientNetLite1 => "efficientnet-lite1",
+            Arch::EfficientNetLite2 => "efficientnet-lite2",
             Arch::ResNet50 => "resnet50",
         }
     }
@@ -31,15 +41,34 @@ impl Arch {
     /// Name prefix of the classification layer in the state dict.
     pub fn head_name(self) -> &'static str {
         match self {
-            Arch::EfficientNetLite0 => "_fc",
             Arch::ResNet50 => "fc",
+            _ => "_fc",
         }
     }
 
     pub fn feature_dim(self) -> i64 {
         match self {
-            Arch::EfficientNetLite0 => 1280,
             Arch::ResNet50 => 2048,
+            _ => 1280,
+        }
+    }
+
+    /// The input side its ImageNet weights were trained at.
+    pub fn native_size(self) -> u32 {
+        match self {
+            Arch::EfficientNetLite1 => 240,
+            Arch::EfficientNetLite2 => 260,
+            _ => 224,
+        }
+    }
+
+    /// (width, depth) multipliers of an EfficientNet-Lite variant.
+    fn lite_scaling(self) -> Option<(f64, f64)> {
+        match self {
+            Arch::EfficientNetLite0 => Some((1.0, 1.0)),
+            Arch::EfficientNetLite1 => Some((1.0, 1.1)),
+            Arch::EfficientNetLite2 => Some((1.1, 1.2)),
+            Arch::ResNet50 => None,
         }
     }
 }
@@ -233,9 +262,10 @@ fn relu6(x: &Tensor) -> Tensor {
     x.clamp(0.0, 6.0)
 }
 
-// ---------------------------------------------------------------- Lite0
+// ---------------------------------------------------------------- EfficientNet-Lite
 
-/// (expand ratio, kernel, stride, output channels, repeats), from the reference builder.
+/// Lite0's stages, (expand ratio, kernel, stride, output channels, repeats),
+/// from the reference builder; the other variants scale them (see [`lite_stages`]).
 const LITE0_STAGES: [(i64, i64, i64, i64, usize); 7] = [
     (1, 3, 1, 16, 1),
     (6, 3, 2, 24, 2),
@@ -249,6 +279,39 @@ const LITE_EPS: f64 = 1e-3;
 /// PyTorch's default (the reference uses TF's 0.01, which needs many more steps than a
 /// short fine-tune takes for the running statistics to settle).
 const LITE_MOMENTUM: f64 = 0.1;
+/// The Lite variants keep the stem and the head at Lite0's width.
+const LITE_STEM: i64 = 32;
+const LITE_HEAD: i64 = 1280;
+
+/// Channels scaled by the width multiplier, rounded to a multiple of 8 as
+/// TensorFlow's builder does (never more than 10% below the exact value).
+fn round_channels(c: i64, width: f64) -> i64 {
+    let exact = c as f64 * width;
+    let mut rounded = (((exact + 4.0) as i64) / 8 * 8).max(8);
+    if (rounded as f64) < 0.9 * exact {
+        rounded += 8;
+    }
+    rounded
+}
+
+/// The stages of a Lite variant: channels scaled by `width`, repeats by
+/// `depth` (rounded up), except the first and last stage, which Lite keeps as
+/// they are (the reference's `fix_head_stem`).
+fn lite_stages(width: f64, depth: f64) -> Vec<(i64, i64, i64, i64, usize)> {
+    let last = LITE0_STAGES.len() - 1;
+    LITE0_STAGES
+        .iter()
+        .enumerate()
+        .map(|(i, &(ratio, k, stride, cout, repeats))| {
+            let repeats = if i == 0 || i == last {
+                repeats
+            } else {
+                (repeats as f64 * depth).ceil() as usize
+            };
+            (ratio, k, stride, round_channels(cout, width), repeats)
+        })
+        .collect()
+}
 
 #[derive(Debug)]
 struct MbConv {
@@ -259,14 +322,14 @@ struct MbConv {
 }
 
 #[derive(Debug)]
-struct Lite0 {
+struct Lite {
     stem: ConvBn,
     blocks: Vec<MbConv>,
     head: ConvBn,
 }
 
-impl Lite0 {
-    fn new(p: &nn::Path) -> Lite0 {
+impl Lite {
+    fn new(p: &nn::Path, width: f64, depth: f64) -> Lite {
         let cfg = |cin, cout, k, stride, groups| ConvCfg {
             cin,
             cout,
@@ -277,10 +340,10 @@ impl Lite0 {
             eps: LITE_EPS,
             momentum: LITE_MOMENTUM,
         };
-        let stem = ConvBn::new(p / "_conv_stem", p / "_bn0", cfg(3, 32, 3, 2, 1));
+        let stem = ConvBn::new(p / "_conv_stem", p / "_bn0", cfg(3, LITE_STEM, 3, 2, 1));
         let mut blocks = Vec::new();
-        let mut cin = 32;
-        for (ratio, k, stride, cout, repeats) in LITE0_STAGES {
+        let mut cin = LITE_STEM;
+        for (ratio, k, stride, cout, repeats) in lite_stages(width, depth) {
             for r in 0..repeats {
                 let bp = p / "_blocks" / blocks.len();
                 let s = if r == 0 { stride } else { 1 };
@@ -307,8 +370,8 @@ impl Lite0 {
                 cin = cout;
             }
         }
-        let head = ConvBn::new(p / "_conv_head", p / "_bn1", cfg(320, 1280, 1, 1, 1));
-        Lite0 { stem, blocks, head }
+        let head = ConvBn::new(p / "_conv_head", p / "_bn1", cfg(cin, LITE_HEAD, 1, 1, 1));
+        Lite { stem, blocks, head }
     }
 
     fn features(&self, x: &Tensor, train: bool) -> Tensor {
@@ -463,11 +526,16 @@ impl ResNet50 {
 
 #[derive(Debug)]
 enum Body {
-    Lite0(Lite0),
+    Lite(Lite),
     ResNet50(ResNet50),
 }
 
-/// A backbone plus the classification head (dropout + linear).
+/// Variable prefix of the kept ImageNet classifier (the weights file calls it
+/// `_fc`, the name our own head takes).
+pub const IMAGENET_HEAD: &str = "imagenet_fc";
+
+/// A backbone plus the classification head (dropout + linear), and optionally
+/// the backbone's own ImageNet classifier, kept frozen beside it.
 #[derive(Debug)]
 pub struct Network {
     pub arch: Arch,
@@ -476,15 +544,39 @@ pub struct Network {
     pub dropout: f64,
     body: Body,
     fc: nn::Linear,
+    imagenet: Option<nn::Linear>,
 }
 
 impl Network {
     pub fn new(arch: Arch, num_classes: i64, dropout: f64, device: Device) -> Network {
+        Self::build(arch, num_classes, dropout, device, None)
+    }
+
+    /// A network that keeps the ImageNet classifier (`imagenet_classes` wide,
+    /// loaded from the pretrained file's head, never trained). Its output rows
+    /// are our logits followed by the ImageNet logits (see `instrument_detector::open_world`).
+    pub fn with_imagenet_head(
+        arch: Arch,
+        num_classes: i64,
+        dropout: f64,
+        device: Device,
+        imagenet_classes: i64,
+    ) -> Network {
+        Self::build(arch, num_classes, dropout, device, Some(imagenet_classes))
+    }
+
+    fn build(
+        arch: Arch,
+        num_classes: i64,
+        dropout: f64,
+        device: Device,
+        imagenet_classes: Option<i64>,
+    ) -> Network {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let body = match arch {
-            Arch::EfficientNetLite0 => Body::Lite0(Lite0::new(&root)),
-            Arch::ResNet50 => Body::ResNet50(ResNet50::new(&root)),
+        let body = match arch.lite_scaling() {
+            Some((width, depth)) => Body::Lite(Lite::new(&root, width, depth)),
+            None => Body::ResNet50(ResNet50::new(&root)),
         };
         let fc = nn::linear(
             &root / arch.head_name(),
@@ -492,6 +584,14 @@ impl Network {
             num_classes,
             Default::default(),
         );
+        let imagenet = imagenet_classes.map(|n| {
+            nn::linear(
+                &root / IMAGENET_HEAD,
+                arch.feature_dim(),
+                n,
+                Default::default(),
+            )
+        });
         Network {
             arch,
             vs,
@@ -499,20 +599,57 @@ impl Network {
             dropout,
             body,
             fc,
+            imagenet,
         }
+    }
+
+    /// Width of the kept ImageNet classifier, if there is one.
+    pub fn imagenet_classes(&self) -> Option<i64> {
+        self.imagenet.as_ref().map(|l| l.ws.size()[0])
+    }
+
+    /// Weight and bias of the kept ImageNet classifier.
+    pub fn imagenet_weights(&self) -> Option<(&Tensor, Option<&Tensor>)> {
+        self.imagenet.as_ref().map(|l| (&l.ws, l.bs.as_ref()))
+    }
+
+    /// Weight and bias of our own head.
+    pub fn head_weights(&self) -> (&Tensor, Option<&Tensor>) {
+        (&self.fc.ws, self.fc.bs.as_ref())
+    }
+
+    /// Whether a variable belongs to the kept ImageNet classifier.
+    pub fn is_imagenet_var(name: &str) -> bool {
+        name.starts_with(&format!("{IMAGENET_HEAD}."))
     }
 
     /// Pooled backbone features `[N, feature_dim]`.
     pub fn features(&self, x: &Tensor, train: bool) -> Tensor {
         match &self.body {
-            Body::Lite0(b) => b.features(x, train),
+            Body::Lite(b) => b.features(x, train),
             Body::ResNet50(b) => b.features(x, train),
         }
     }
 
-    /// Dropout then the linear layer.
-    pub fn head(&self, f: &Tensor, train: bool) -> Tensor {
+    /// Dropout then our linear layer: one logit per class.
+    pub fn probe(&self, f: &Tensor, train: bool) -> Tensor {
         f.dropout(self.dropout, train).apply(&self.fc)
+    }
+
+    /// The ImageNet logits of features `f` (no gradient: that head never trains).
+    pub fn imagenet_logits(&self, f: &Tensor) -> Option<Tensor> {
+        self.imagenet
+            .as_ref()
+            .map(|l| tch::no_grad(|| f.apply(l)))
+    }
+
+    /// The model's output rows: our logits, then the ImageNet logits when kept.
+    pub fn head(&self, f: &Tensor, train: bool) -> Tensor {
+        let own = self.probe(f, train);
+        match self.imagenet_logits(f) {
+            Some(imagenet) => Tensor::cat(&[own, imagenet], 1),
+            None => own,
+        }
     }
 
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
@@ -528,7 +665,7 @@ impl Network {
     pub fn emit_features(&self, g: &mut GraphBuilder, input: &str, size: i64) -> String {
         let mut e = Emitter::new(g);
         let fmap = match &self.body {
-            Body::Lite0(b) => b.emit(&mut e, input, size, size),
+            Body::Lite(b) => b.emit(&mut e, input, size, size),
             Body::ResNet50(b) => b.emit(&mut e, input, size, size),
         };
         let pooled = e.g.node("GlobalAveragePool", &[&fmap], "pooled", vec![]);
@@ -555,11 +692,43 @@ impl Network {
             &[self.num_classes],
             &b.unwrap_or_else(|| vec![0.0; self.num_classes as usize]),
         );
-        g.node(
+        let own = g.node(
             "Gemm",
             &[&flat, &wn, &bn],
             "logits",
             vec![("transB", Attr::Int(1))],
+        );
+        let Some(head) = &self.imagenet else {
+            return own;
+        };
+        let (w, b) = tch::no_grad(|| (to_vec(&head.ws), head.bs.as_ref().map(to_vec)));
+        let n = head.ws.size()[0];
+        let wn = g.constant_f32(
+            "imagenet_fc_weight",
+            &[n, self.arch.feature_dim()],
+            &w,
+        );
+        let bn = g.constant_f32(
+            "imagenet_fc_bias",
+            &[n],
+            &b.unwrap_or_else(|| vec![0.0; n as usize]),
+        );
+        let imagenet = g.node(
+            "Gemm",
+            &[&flat, &wn, &bn],
+            "imagenet_logits",
+            vec![("transB", Attr::Int(1))],
+        );
+        g.node(
+            "Concat",
+            &[&own, &imagenet],
+            "scores",
+            vec![("axis", Attr::Int(1))],
         )
+    }
+
+    /// Columns of one output row.
+    pub fn output_width(&self) -> i64 {
+        self.num_classes + self.imagenet_classes().unwrap_or(0)
     }
 }

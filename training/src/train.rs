@@ -4,7 +4,10 @@
 //! best-checkpoint selection, resume, Ctrl-C, and the run folder's reports.
 
 use crate::data::{Augment, Dataset, HARD_VARIANTS, Loader, Mode, Sample, spec_for};
-use crate::eval::{Predictions, Scorer, confused_pairs, engine_run, per_class_table, predict};
+use crate::eval::{
+    Predictions, Reader, Scorer, confused_pairs, engine_run, per_class_table, predict,
+};
+use crate::imagenet::Expert;
 use crate::export::export_checked;
 use crate::nets::{Arch, Network};
 use crate::rng::Rng;
@@ -14,6 +17,7 @@ use crate::weights::{
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use instrument_detector::engine::{self, BackendChoice, Classifier, EngineOptions};
+use instrument_detector::open_world::{NoneRule, OpenWorld};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -130,9 +134,35 @@ pub struct TrainArgs {
     pub warmup_lr: Option<f64>,
     #[arg(long, value_enum, default_value = "none")]
     pub augment: AugmentLevel,
-    /// Square input side in pixels.
-    #[arg(long, default_value_t = 224)]
-    pub size: u32,
+    /// Square input side in pixels (default: the architecture's own, 224 for
+    /// Lite0 and ResNet50, 240 for Lite1, 260 for Lite2).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Keep the backbone's ImageNet classifier (from --pretrained) beside our
+    /// head: it joins the answer as a product of experts, and tells whether a
+    /// photo shows any instrument at all (the `none` rule). Needs ImageNet weights.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_world: bool,
+    /// Weight of the ImageNet expert: combined = ours + W * ln q (see
+    /// `instrument_detector::open_world`). Used in the training loss too, so
+    /// our head learns what the ImageNet head does not already know.
+    #[arg(long, default_value_t = 1.0)]
+    pub expert_weight: f64,
+    /// `none` rule: the ImageNet probability on instrument classes must be below this...
+    #[arg(long, default_value_t = 0.1)]
+    pub none_max_mass: f64,
+    /// ...and the combined, calibrated best probability below this.
+    #[arg(long, default_value_t = 0.8)]
+    pub none_max_confidence: f64,
+    /// L2-SP: pull our head toward its starting rows (the ImageNet twins' rows,
+    /// zero for labels without a twin) with this strength, instead of toward zero
+    /// (use with --weight-decay 0). 0 disables.
+    #[arg(long, default_value_t = 0.0)]
+    pub l2sp: f64,
+    /// Photos that show no instrument (a flat folder, or folders of them): the
+    /// final report says how many the `none` rule catches. Never trained on.
+    #[arg(long)]
+    pub negatives: Option<PathBuf>,
     /// Decoding threads (default: number of CPUs).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -212,6 +242,61 @@ pub fn pick_device(choice: DeviceChoice) -> Result<Device> {
     })
 }
 
+/// The open-world description this run will build, if it keeps the ImageNet
+/// head: asked for, and there are ImageNet weights to take it from (or a
+/// checkpoint that already has it).
+fn planned_open_world(args: &TrainArgs, classes: &[String]) -> Option<OpenWorld> {
+    if !args.open_world {
+        return None;
+    }
+    if let Some(resume) = &args.resume {
+        return read_meta(resume)
+            .ok()?
+            .open_world
+            .and_then(|v| serde_json::from_value(v).ok());
+    }
+    if !args.pretrained.as_ref().is_some_and(|p| p.is_file()) {
+        eprintln!(
+            "note: no ImageNet weights, so no ImageNet head to keep: this model will have no `none` rule"
+        );
+        return None;
+    }
+    let rule = NoneRule {
+        max_instrument_mass: args.none_max_mass as f32,
+        max_confidence: args.none_max_confidence as f32,
+    };
+    Some(crate::imagenet::open_world(
+        classes,
+        args.expert_weight as f32,
+        rule,
+    ))
+}
+
+/// Starts our head at the ImageNet twins' rows and returns those rows (the
+/// L2-SP anchor).
+fn start_head_at_twins(net: &Network, ow: &OpenWorld, classes: &[String]) -> Result<(Tensor, Tensor)> {
+    let (iw, ib) = net
+        .imagenet_weights()
+        .context("the network has no ImageNet head to start from")?;
+    let (w0, b0) = crate::imagenet::anchor_rows(iw, ib, ow, classes);
+    let (w, b) = net.head_weights();
+    tch::no_grad(|| {
+        w.shallow_clone().copy_(&w0);
+        if let Some(b) = b {
+            b.shallow_clone().copy_(&b0);
+        }
+    });
+    eprintln!(
+        "open world: ImageNet head kept; our head starts at the twins' rows for {} of {} labels (expert weight {}, none rule: mass < {}, confidence < {})",
+        ow.twins.len(),
+        classes.len(),
+        ow.expert_weight,
+        ow.none_rule.max_instrument_mass,
+        ow.none_rule.max_confidence
+    );
+    Ok((w0, b0))
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
@@ -248,6 +333,19 @@ pub struct FinalReport {
     pub test_ece: f64,
     pub train_seconds: f64,
     pub parity: Vec<String>,
+    /// The `none` rule (open-world models): how many photos it called `none`.
+    pub none: Option<NoneReport>,
+}
+
+/// What the `none` rule did on each set, at the fitted temperature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoneReport {
+    pub valid_called_none: usize,
+    pub valid_total: usize,
+    pub test_called_none: usize,
+    pub test_total: usize,
+    pub negatives_called_none: usize,
+    pub negatives_total: usize,
 }
 
 pub struct Ctx {
@@ -256,6 +354,17 @@ pub struct Ctx {
     pub spec: instrument_detector::preprocess::PreprocessSpec,
     pub device: Device,
     pub workers: usize,
+    /// The ImageNet expert and the `none` rule, when the ImageNet head is kept.
+    pub open_world: Option<OpenWorld>,
+}
+
+impl Ctx {
+    fn reader(&self) -> Option<Reader<'_>> {
+        self.open_world.as_ref().map(|ow| Reader {
+            open_world: ow,
+            classes: &self.ds.classes,
+        })
+    }
 }
 
 pub fn meta(
@@ -279,6 +388,11 @@ pub fn meta(
         dataset: ctx.args.dataset_name.clone(),
         args: serde_json::to_value(&ctx.args).unwrap_or_default(),
         created: chrono::Utc::now().to_rfc3339(),
+        imagenet_classes: ctx.open_world.as_ref().map(|ow| ow.imagenet_classes as i64),
+        open_world: ctx
+            .open_world
+            .as_ref()
+            .and_then(|ow| serde_json::to_value(ow).ok()),
     }
 }
 
@@ -297,6 +411,7 @@ fn evaluate(
         32,
         ctx.workers,
         ctx.args.seed,
+        ctx.reader(),
     )
 }
 
@@ -319,7 +434,7 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let spec = spec_for(args.arch, args.size);
+    let spec = spec_for(args.arch, args.size.unwrap_or(args.arch.native_size()));
     let workers = args.workers.unwrap_or_else(cores).max(1);
     eprintln!(
         "data: {} classes, train {} / valid {} / test {} images; device {:?}; {} torch threads, {} loader threads",
@@ -331,14 +446,26 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
         tch::get_num_threads(),
         workers
     );
+    let open_world = planned_open_world(&args, &ds.classes);
     let ctx = Ctx {
         args: args.clone(),
         ds,
         spec,
         device,
         workers,
+        open_world,
     };
-    let mut net = Network::new(args.arch, ctx.ds.classes.len() as i64, args.dropout, device);
+    let classes = ctx.ds.classes.len() as i64;
+    let mut net = match &ctx.open_world {
+        Some(ow) => Network::with_imagenet_head(
+            args.arch,
+            classes,
+            args.dropout,
+            device,
+            ow.imagenet_classes as i64,
+        ),
+        None => Network::new(args.arch, classes, args.dropout, device),
+    };
 
     let mut start_epoch = 0;
     let mut best: Option<(f64, f64, usize)> = None;
@@ -398,6 +525,14 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
         }
     }
 
+    let anchor = match (&ctx.open_world, args.resume.is_none()) {
+        (Some(ow), true) => Some(start_head_at_twins(&net, ow, &ctx.ds.classes)?),
+        _ => None,
+    };
+    let expert = ctx
+        .open_world
+        .as_ref()
+        .map(|ow| Expert::new(ow, &ctx.ds.classes, device));
     let train = Arc::new(ctx.ds.train.clone());
     let valid = Arc::new(ctx.ds.valid.clone());
     let mode = match args.augment.augment() {
@@ -500,13 +635,25 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
             } else {
                 tch::autocast(amp, || net.forward(&x, true)).to_kind(Kind::Float)
             };
-            let loss = logits.cross_entropy_loss::<Tensor>(
+            let logits = match &expert {
+                Some(e) => e.combine(&logits),
+                None => logits,
+            };
+            let mut loss = logits.cross_entropy_loss::<Tensor>(
                 &y,
                 None,
                 tch::Reduction::Mean,
                 -100,
                 args.label_smoothing,
             );
+            if let (Some((w0, b0)), true) = (&anchor, args.l2sp > 0.0) {
+                let (w, b) = net.head_weights();
+                let mut drift = (w - w0).square().sum(Kind::Float);
+                if let Some(b) = b {
+                    drift += (b - b0).square().sum(Kind::Float);
+                }
+                loss += drift * args.l2sp;
+            }
             opt.zero_grad();
             loss.backward();
             if args.clip_value > 0.0 {
@@ -670,6 +817,9 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
             "training_args".to_string(),
             serde_json::to_string(&ctx.args)?,
         );
+        if let Some(ow) = &ctx.open_world {
+            extra.insert(instrument_detector::open_world::KEY.to_string(), ow.to_metadata());
+        }
         let inputs = real_inputs(&ctx.ds.valid, &ctx.spec, 4)?;
         let p = export_checked(
             net,
@@ -721,10 +871,12 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         (None, BTreeMap::new())
     };
     let test = Arc::new(ctx.ds.test.clone());
+    let mut test_none = 0;
     let (test_acc, test_correct, test_ece, md) = if test.is_empty() {
         (f64::NAN, 0, f64::NAN, String::from("(no test split)\n"))
     } else {
         let tp = evaluate(ctx, &mut scorer, &test, Mode::Plain)?;
+        test_none = count(&tp.called_none(ctx.open_world.as_ref(), t));
         let k = ctx.ds.classes.len();
         let cm = tp.confusion(k);
         crate::plot::confusion(&out.join("confusion.png"), &cm)?;
@@ -742,6 +894,10 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         md += &ctx.ds.classes.join(", ");
         md += "\n";
         (tp.accuracy(), tp.correct(), tp.ece(t), md)
+    };
+    let none = match &ctx.open_world {
+        Some(ow) => Some(none_report(ctx, &mut scorer, ow, &vp, t, test_none)?),
+        None => None,
     };
     if model_path.is_file() && !ctx.args.no_export {
         // Record calibration and accuracy in the model's metadata (weights untouched).
@@ -779,6 +935,18 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
             .collect::<Vec<_>>()
             .join(", "),
     );
+    let report_md = match &none {
+        Some(n) => format!(
+            "{report_md}\n## The `none` rule\n\ncalled `none`: valid {}/{}, test {}/{}, negatives {}/{}\n",
+            n.valid_called_none,
+            n.valid_total,
+            n.test_called_none,
+            n.test_total,
+            n.negatives_called_none,
+            n.negatives_total
+        ),
+        None => report_md,
+    };
     std::fs::write(out.join("report.md"), &report_md)?;
     eprintln!("{report_md}");
     Ok(FinalReport {
@@ -795,6 +963,42 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         test_ece,
         train_seconds: 0.0,
         parity,
+        none,
+    })
+}
+
+fn count(flags: &[bool]) -> usize {
+    flags.iter().filter(|&&f| f).count()
+}
+
+/// Runs the `none` rule on valid, test and `--negatives` at temperature `t`.
+fn none_report(
+    ctx: &Ctx,
+    scorer: &mut Scorer,
+    ow: &OpenWorld,
+    vp: &Predictions,
+    t: f64,
+    test_called_none: usize,
+) -> Result<NoneReport> {
+    let (mut negatives_called_none, mut negatives_total) = (0, 0);
+    if let Some(dir) = &ctx.args.negatives {
+        let paths = instrument_detector::batch::expand_paths(std::slice::from_ref(dir))
+            .map_err(anyhow::Error::msg)?;
+        let samples: Vec<Sample> = paths
+            .into_iter()
+            .map(|path| Sample { path, label: 0 })
+            .collect();
+        negatives_total = samples.len();
+        let np = evaluate(ctx, scorer, &Arc::new(samples), Mode::Plain)?;
+        negatives_called_none = count(&np.called_none(Some(ow), t));
+    }
+    Ok(NoneReport {
+        valid_called_none: count(&vp.called_none(Some(ow), t)),
+        valid_total: vp.labels.len(),
+        test_called_none,
+        test_total: ctx.ds.test.len(),
+        negatives_called_none,
+        negatives_total,
     })
 }
 

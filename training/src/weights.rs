@@ -5,7 +5,7 @@
 //! classification head is the one layer allowed to differ in shape (1000
 //! ImageNet classes vs ours); it then keeps its fresh initialisation.
 
-use crate::nets::{Arch, Network};
+use crate::nets::{Arch, IMAGENET_HEAD, Network};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -66,15 +66,28 @@ pub fn load_pretrained(net: &mut Network, path: &Path) -> Result<LoadReport> {
     let mut problems = Vec::new();
     let mut names: Vec<&String> = vars.keys().collect();
     names.sort();
+    let head_prefix = format!("{}.", net.arch.head_name());
     for name in names {
         let var = &vars[name];
-        match file.get(name) {
+        // The kept ImageNet classifier is the file's own head.
+        let file_name = if Network::is_imagenet_var(name) {
+            name.replacen(&format!("{IMAGENET_HEAD}."), &head_prefix, 1)
+        } else {
+            name.clone()
+        };
+        match file.get(&file_name) {
             None => problems.push(format!(
-                "missing in file: {name} (model needs shape {:?})",
+                "missing in file: {file_name} (model needs shape {:?})",
                 var.size()
             )),
             Some(t) if t.size() != var.size() => {
-                if net.is_head_var(name) {
+                if Network::is_imagenet_var(name) {
+                    problems.push(format!(
+                        "the ImageNet head to keep: {file_name} has shape {:?}, expected {:?} (is this an ImageNet checkpoint?)",
+                        t.size(),
+                        var.size()
+                    ));
+                } else if net.is_head_var(name) {
                     report.head_reinitialised.push(format!(
                         "{name}: file {:?}, model {:?}",
                         t.size(),
@@ -150,6 +163,13 @@ pub struct CheckpointMeta {
     pub dataset: String,
     pub args: serde_json::Value,
     pub created: String,
+    /// Width of the kept ImageNet classifier (absent: none kept).
+    #[serde(default)]
+    pub imagenet_classes: Option<i64>,
+    /// How the daemon reads the ImageNet logits and when it says `none`
+    /// (`instrument_detector::open_world::OpenWorld` as JSON).
+    #[serde(default)]
+    pub open_world: Option<serde_json::Value>,
 }
 
 pub fn meta_path(ckpt: &Path) -> PathBuf {
@@ -205,7 +225,11 @@ pub fn load_checkpoint_weights(net: &mut Network, path: &Path) -> Result<()> {
 /// Rebuilds the network a checkpoint describes, on `device`.
 pub fn open_checkpoint(path: &Path, device: tch::Device) -> Result<(Network, CheckpointMeta)> {
     let meta = read_meta(path)?;
-    let mut net = Network::new(meta.arch, meta.classes.len() as i64, meta.dropout, device);
+    let classes = meta.classes.len() as i64;
+    let mut net = match meta.imagenet_classes {
+        Some(n) => Network::with_imagenet_head(meta.arch, classes, meta.dropout, device, n),
+        None => Network::new(meta.arch, classes, meta.dropout, device),
+    };
     load_checkpoint_weights(&mut net, path)?;
     Ok((net, meta))
 }
