@@ -133,10 +133,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`query | head`): what it wanted it has, as
+        // ripgrep does, end quietly and successfully.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the whole context chain on one line, ripgrep-style.
             eprintln!("error: {}", instrument_detector::output::terminal_safe(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
+}
+
+/// Whether an error comes from writing to a closed pipe, wherever in its chain.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -12,9 +12,12 @@
 //! - **Product of experts.** The instrument answer combines both heads:
 //!   `combined[c] = logits[c] + expert_weight * ln q[c]`, where `q` is the
 //!   ImageNet softmax folded onto our labels: a label with ImageNet twins gets
-//!   their probability, and the labels without a twin share what falls outside
-//!   every twin equally (so `q` sums to 1 and the ImageNet head has no say
-//!   between two labels it does not know).
+//!   their probability, and the labels without a twin share equally the
+//!   probability of the `orphan_classes` (the instruments ImageNet knows that
+//!   are none of ours: a photo ImageNet calls a gong or a panpipe is evidence
+//!   for an instrument it has no name for). So ImageNet has no say between
+//!   two labels it does not know, and the model's own logits (which the
+//!   trainer fits knowing this) carry the rest.
 //! - **The "no instrument" rule.** `mass` is the ImageNet probability on
 //!   instrument classes. A photo is [`NONE`] when `mass` is below
 //!   `max_instrument_mass` **and** the combined classifier's best probability is
@@ -51,6 +54,8 @@ pub struct OpenWorld {
     pub twins: BTreeMap<String, Vec<usize>>,
     /// Weight of the ImageNet expert in the product (0: the model's own logits alone).
     pub expert_weight: f32,
+    /// ImageNet classes whose probability the labels without a twin share.
+    pub orphan_classes: Vec<usize>,
     /// ImageNet classes that show an instrument (for the "no instrument" rule).
     pub instrument_classes: Vec<usize>,
     pub none_rule: NoneRule,
@@ -117,8 +122,8 @@ impl OpenWorld {
                 return bad(format!("twin {i} of '{label}' is outside the {n} ImageNet classes"));
             }
         }
-        if let Some(i) = self.instrument_classes.iter().find(|&&i| i >= n) {
-            return bad(format!("instrument class {i} is outside the {n} ImageNet classes"));
+        if let Some(i) = self.instrument_classes.iter().chain(&self.orphan_classes).find(|&&i| i >= n) {
+            return bad(format!("ImageNet class {i} is outside the {n} ImageNet classes"));
         }
         let finite = [self.imagenet_temperature, self.expert_weight, self.none_rule.max_instrument_mass, self.none_rule.max_confidence];
         if finite.iter().any(|v| !v.is_finite()) || self.imagenet_temperature <= 0.0 || self.expert_weight < 0.0 {
@@ -140,27 +145,15 @@ impl OpenWorld {
 
     /// The ImageNet distribution as one probability per label (see the module doc).
     fn fold_onto_labels(&self, labels: &[String], p: &[f32]) -> Vec<f32> {
-        let mut q = vec![0.0f32; labels.len()];
-        let mut twinned = 0.0f32;
-        let mut seen = vec![false; p.len()];
-        for (k, label) in labels.iter().enumerate() {
-            for &i in self.twins.get(label).map(Vec::as_slice).unwrap_or_default() {
-                q[k] += p[i];
-                if !std::mem::replace(&mut seen[i], true) {
-                    twinned += p[i];
-                }
-            }
-        }
-        let orphans = labels.iter().filter(|l| !self.twins.contains_key(*l)).count();
-        if orphans > 0 {
-            let share = (1.0 - twinned).max(0.0) / orphans as f32;
-            for (k, label) in labels.iter().enumerate() {
-                if !self.twins.contains_key(label) {
-                    q[k] = share;
-                }
-            }
-        }
-        q
+        let orphans = labels.iter().filter(|l| !self.twins.contains_key(*l)).count().max(1);
+        let share = self.orphan_classes.iter().map(|&i| p[i]).sum::<f32>() / orphans as f32;
+        labels
+            .iter()
+            .map(|label| match self.twins.get(label) {
+                Some(idx) => idx.iter().map(|&i| p[i]).sum(),
+                None => share,
+            })
+            .collect()
     }
 
     /// The fold of [`OpenWorld::read`] as a matrix `[imagenet_classes, labels]`
@@ -205,6 +198,7 @@ mod tests {
             imagenet_temperature: 1.0,
             twins: BTreeMap::from([("guitar".into(), vec![0, 1]), ("violin".into(), vec![2])]),
             expert_weight: 1.0,
+            orphan_classes: vec![3],
             instrument_classes: vec![0, 1, 2, 3],
             none_rule: NoneRule { max_instrument_mass: 0.2, max_confidence: 0.8 },
         }
@@ -222,7 +216,7 @@ mod tests {
         ow.twins.insert("banjo".into(), vec![0]);
         assert!(matches!(OpenWorld::from_metadata(&ow.to_metadata(), &labels()), Err(OpenWorldError::Invalid(_))));
         let mut ow = world();
-        ow.instrument_classes.push(5);
+        ow.orphan_classes.push(5);
         assert!(matches!(OpenWorld::from_metadata(&ow.to_metadata(), &labels()), Err(OpenWorldError::Invalid(_))));
         let mut with_none = labels();
         with_none.push(NONE.into());
@@ -231,13 +225,13 @@ mod tests {
     }
 
     #[test]
-    fn the_expert_folds_twins_together_and_orphans_share_the_rest() {
+    fn the_expert_folds_twins_together_and_orphans_share_the_other_instruments() {
         let ow = world();
         // ImageNet logits: equal on every class, so p = 0.2 each.
         let row = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
         let q = ow.fold_onto_labels(&labels(), &crate::model::softmax(&row[3..], 1.0));
-        // guitar: two twins (0.4); violin: one (0.2); sitar, no twin: what is left (0.4).
-        for (got, want) in q.iter().zip([0.4, 0.4, 0.2]) {
+        // guitar: two twins (0.4); violin: one (0.2); sitar, no twin: the cello's (0.2).
+        for (got, want) in q.iter().zip([0.4, 0.2, 0.2]) {
             assert!((got - want).abs() < 1e-6, "{q:?}");
         }
     }

@@ -54,7 +54,8 @@ pub fn color_model_with(size: u32, labels: &[String], outputs: usize) -> Vec<u8>
 /// - a black picture is `none` (the classifier cannot tell, and ImageNet
 ///   sees no instrument);
 /// - a white picture is an instrument (ImageNet sees one, though the
-///   classifier cannot tell which).
+///   classifier cannot tell which). Green and blue have no twin and share
+///   ImageNet's class 1.
 pub fn open_world_color_model(size: u32) -> Vec<u8> {
     let mut g = GraphBuilder::new("color-open-world");
     let n = Dim::Named("N".into());
@@ -87,6 +88,7 @@ pub fn open_world_color_description() -> crate::open_world::OpenWorld {
         imagenet_temperature: 1.0,
         twins: [("red".to_string(), vec![0])].into_iter().collect(),
         expert_weight: 1.0,
+        orphan_classes: vec![1],
         instrument_classes: vec![0, 1],
         none_rule: crate::open_world::NoneRule { max_instrument_mass: 0.2, max_confidence: 0.8 },
     }

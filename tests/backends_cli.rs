@@ -27,6 +27,23 @@ fn auto_falls_back_to_tract_with_a_reason_when_onnx_runtime_is_missing() {
 }
 
 #[test]
+fn auto_on_a_machine_without_a_gpu_does_not_warn_about_cuda() {
+    let gpu = std::path::Path::new("/proc/driver/nvidia/gpus").is_dir() || std::path::Path::new("/dev/nvidia0").exists();
+    let s = Setup::new();
+    let img = s.write_image("r.png", "red", ImageFormat::Png, 1);
+    let out = classify(&s, &img, &["--backend", "auto"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !gpu {
+        // The expected case is said at info, which `classify` does not show by default.
+        assert!(!err.to_lowercase().contains("cuda"), "{err}");
+        let out = classify(&s, &img, &["--backend", "auto", "-v"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no NVIDIA GPU") && !err.contains("WARN"), "{err}");
+    }
+}
+
+#[test]
 fn cuda_on_a_machine_without_it_fails_clearly() {
     let s = Setup::new();
     let img = s.write_image("r.png", "red", ImageFormat::Png, 1);

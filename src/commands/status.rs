@@ -3,6 +3,7 @@
 use anyhow::Result;
 use instrument_detector::daemon::metrics::{StatusReport, status_path};
 use instrument_detector::output::terminal_safe;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +17,9 @@ pub struct StatusArgs {
 }
 
 pub fn run(a: StatusArgs) -> Result<ExitCode> {
+    // Written with `writeln!`, not `println!`: a reader that closes the pipe
+    // early (`status | head -1`) is an error to return, not a panic.
+    let mut out = std::io::stdout().lock();
     let path = status_path(&a.db);
     let report: Option<StatusReport> = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
     // The file is rewritten every 2 s; older than 10 s means the daemon is gone.
@@ -26,28 +30,28 @@ pub fn run(a: StatusArgs) -> Result<ExitCode> {
         .is_some_and(|age| age.as_secs() < 10);
     let running = report.as_ref().is_some_and(|r| fresh && std::path::Path::new(&format!("/proc/{}", r.pid)).exists());
     if a.json {
-        println!("{}", serde_json::json!({ "running": running, "status": report }));
+        writeln!(out, "{}", serde_json::json!({ "running": running, "status": report }))?;
         return Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     let Some(r) = report.filter(|_| running) else {
-        println!("no daemon is running on {} (no fresh {})", a.db.display(), path.display());
+        writeln!(out, "no daemon is running on {} (no fresh {})", a.db.display(), path.display())?;
         return Ok(ExitCode::from(1));
     };
-    println!("instrument-detector pid {} running since {}", r.pid, r.started_at);
-    println!("  folder   {}", terminal_safe(&r.folder));
-    println!("  database {}", terminal_safe(&r.db));
-    println!("  model    {} ({}), backend {}", terminal_safe(&r.model), &r.model_sha256[..12.min(r.model_sha256.len())], r.backend);
-    println!("  files    {} seen, {} recorded ok, {} failed; {} contents classified", r.files_seen, r.files_recorded, r.files_failed, r.contents_classified);
+    writeln!(out, "instrument-detector pid {} running since {}", r.pid, r.started_at)?;
+    writeln!(out, "  folder   {}", terminal_safe(&r.folder))?;
+    writeln!(out, "  database {}", terminal_safe(&r.db))?;
+    writeln!(out, "  model    {} ({}), backend {}", terminal_safe(&r.model), &r.model_sha256[..12.min(r.model_sha256.len())], r.backend)?;
+    writeln!(out, "  files    {} seen, {} recorded ok, {} failed; {} contents classified", r.files_seen, r.files_recorded, r.files_failed, r.contents_classified)?;
     for (k, v) in &r.errors_by_kind {
-        println!("           {v} {k}");
+        writeln!(out, "           {v} {k}")?;
     }
     if r.files_resettled > 0 {
-        println!("           {} changed while being classified and were settled again", r.files_resettled);
+        writeln!(out, "           {} changed while being classified and were settled again", r.files_resettled)?;
     }
-    println!("  queues   intake {}, workers {}, batcher {}, writer {}", r.queue_intake, r.queue_workers, r.queue_batcher, r.queue_writer);
-    println!(
+    writeln!(out, "  queues   intake {}, workers {}, batcher {}, writer {}", r.queue_intake, r.queue_workers, r.queue_batcher, r.queue_writer)?;
+    writeln!(out, 
         "  speed    {} batches, mean batch {:.1}, decode {:.1} ms/image, inference {:.1} ms/batch",
         r.batches, r.mean_batch_size, r.mean_decode_ms, r.mean_inference_ms_per_batch
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

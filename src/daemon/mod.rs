@@ -265,7 +265,8 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         workers = cfg.workers,
         "instrument-detector watching"
     );
-    // Each step down was already logged once, at warn, by `engine::open`.
+    // Each step down was already logged once by `engine::open` (at info for
+    // the expected "no GPU here", at warn for anything else).
     let _ = fallbacks;
 
     let (intake_tx, intake_rx) = mpsc::channel::<IntakeMsg>(cfg.queue.max(16));

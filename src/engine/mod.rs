@@ -138,6 +138,12 @@ fn dry_run(engine: &mut dyn Classifier, model: &LoadedModel) -> Result<(), Engin
     Ok(())
 }
 
+/// Whether the machine has an NVIDIA GPU the driver knows of (its device
+/// nodes or the driver's proc entry), whether or not CUDA works on it.
+fn gpu_present() -> bool {
+    std::path::Path::new("/proc/driver/nvidia/gpus").is_dir() || std::path::Path::new("/dev/nvidia0").exists()
+}
+
 /// A short note of why `auto` stepped down from a backend.
 #[derive(Debug, Clone)]
 pub struct Fallback {
@@ -169,7 +175,13 @@ pub fn open(
             Ok(engine) => return Ok((engine, fallbacks)),
             Err(e) => {
                 if choice == BackendChoice::Auto && backend != Backend::Tract {
-                    tracing::warn!("backend {backend} not used, trying the next one: {e}");
+                    // No GPU at all is the expected case on most machines: say
+                    // it once, quietly. A GPU that is there but unusable is news.
+                    if backend == Backend::Cuda && !gpu_present() {
+                        tracing::info!("no NVIDIA GPU on this machine, so no CUDA: using the CPU");
+                    } else {
+                        tracing::warn!("backend {backend} not used, trying the next one: {e}");
+                    }
                     fallbacks.push(Fallback { from: backend, reason: e.to_string() });
                 }
                 last_err = Some(e);

@@ -197,6 +197,10 @@ pub struct Augment {
     pub grayscale: f32,
     /// Probability of a light blur.
     pub blur: f32,
+    /// Probability of shrinking the instrument into a synthetic scene (the
+    /// world's photos are rarely one instrument filling the frame).
+    #[serde(default)]
+    pub scene: f32,
 }
 
 impl Augment {
@@ -207,6 +211,7 @@ impl Augment {
             jitter: 0.0,
             grayscale: 0.0,
             blur: 0.0,
+            scene: 0.0,
         }
     }
 }
@@ -315,6 +320,9 @@ pub fn augment_into(
     if aug.jitter > 0.0 {
         jitter(&mut small, aug.jitter, rng);
     }
+    if aug.scene > 0.0 && rng.chance(aug.scene) {
+        small = in_a_scene(&small, rng);
+    }
     if aug.grayscale > 0.0 && rng.chance(aug.grayscale) {
         to_gray(&mut small);
     }
@@ -412,6 +420,63 @@ fn clutter(w: u32, h: u32, rng: &mut Rng) -> RgbImage {
                 .clamp(0.0, 255.0) as u8;
         }
     }
+    bg
+}
+
+/// A synthetic room for the scene augmentation: a gradient between two
+/// colours with soft rectangles and discs on it, and sensor noise. It is
+/// deliberately unlike the hard validation's `clutter`, so that variant
+/// stays a test of what training did not see.
+fn scene_background(w: u32, h: u32, rng: &mut Rng) -> RgbImage {
+    let colour = |rng: &mut Rng| [0; 3].map(|_: u8| rng.range(0.0, 255.0));
+    let (top, bottom) = (colour(rng), colour(rng));
+    let vertical = rng.chance(0.5);
+    let mut bg = RgbImage::from_fn(w, h, |x, y| {
+        let t = if vertical {
+            y as f32 / h.max(1) as f32
+        } else {
+            x as f32 / w.max(1) as f32
+        };
+        image::Rgb([0, 1, 2].map(|k| (top[k] * (1.0 - t) + bottom[k] * t) as u8))
+    });
+    for _ in 0..3 + rng.below(12) {
+        let (cx, cy) = (rng.range(0.0, w as f32), rng.range(0.0, h as f32));
+        let (rx, ry) = (rng.range(5.0, w as f32 / 3.0), rng.range(5.0, h as f32 / 3.0));
+        let fill = colour(rng).map(|v| v as u8);
+        let disc = rng.chance(0.5);
+        for (x, y, p) in bg.enumerate_pixels_mut() {
+            let (dx, dy) = ((x as f32 - cx) / rx, (y as f32 - cy) / ry);
+            let inside = if disc {
+                dx * dx + dy * dy <= 1.0
+            } else {
+                dx.abs() <= 1.0 && dy.abs() <= 1.0
+            };
+            if inside {
+                p.0 = fill;
+            }
+        }
+    }
+    let mut bg = image::imageops::blur(&bg, rng.range(0.5, 3.0));
+    let sigma = rng.range(0.0, 12.0);
+    for p in bg.pixels_mut() {
+        for k in 0..3 {
+            p[k] = (p[k] as f32 + sigma * rng.normal()).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    bg
+}
+
+/// The picture shrunk to 30-65% of each side, somewhere in a synthetic scene.
+fn in_a_scene(img: &RgbImage, rng: &mut Rng) -> RgbImage {
+    let (w, h) = (img.width(), img.height());
+    let mut bg = scene_background(w, h, rng);
+    let f = rng.range(0.3, 0.65);
+    let fw = ((w as f32 * f * rng.range(0.85, 1.15)) as u32).clamp(1, w);
+    let fh = ((h as f32 * f * rng.range(0.85, 1.15)) as u32).clamp(1, h);
+    let fg = resize_rgb(img, fw, fh, None);
+    let x0 = rng.below((w - fw) as usize + 1) as u32;
+    let y0 = rng.below((h - fh) as usize + 1) as u32;
+    paste(&mut bg, &fg, x0, y0);
     bg
 }
 

@@ -53,9 +53,15 @@ pub fn open_world(classes: &[String], expert_weight: f32, none_rule: NoneRule) -
         .filter(|(label, _)| classes.iter().any(|c| c == label))
         .map(|(label, idx)| (label.to_string(), idx.to_vec()))
         .collect();
+    let twinned: Vec<usize> = twins.values().flatten().copied().collect();
     OpenWorld {
         imagenet_classes: IMAGENET_CLASSES,
         imagenet_temperature: 1.0,
+        orphan_classes: INSTRUMENTS
+            .iter()
+            .copied()
+            .filter(|i| !twinned.contains(i))
+            .collect(),
         twins,
         expert_weight,
         instrument_classes: INSTRUMENTS.to_vec(),

@@ -14,6 +14,7 @@
 //! - [`train`]: the training loop; [`eval`]: metrics, hard validation,
 //!   calibration; [`plot`]: the PNGs of the run folder.
 
+pub mod crossfit;
 pub mod data;
 pub mod eval;
 pub mod evaluate;

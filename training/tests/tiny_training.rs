@@ -33,36 +33,7 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
     let data = dir.path().join("data");
     make_dataset(&data);
     let out = dir.path().join("run");
-    let args = TrainArgs {
-        data: data.clone(),
-        arch: Arch::EfficientNetLite0,
-        pretrained: None,
-        epochs: 3,
-        out: out.clone(),
-        seed: 1,
-        batch_size: 16,
-        optimizer: OptimizerKind::Adamw,
-        lr: 0.003,
-        pct_start: 0.3,
-        weight_decay: 1e-4,
-        clip_value: 0.1,
-        dropout: 0.2,
-        label_smoothing: 0.1,
-        warmup_epochs: 2,
-        warmup_lr: Some(0.01),
-        augment: AugmentLevel::Light,
-        size: 32,
-        workers: Some(2),
-        threads: None,
-        device: DeviceChoice::Cpu,
-        amp: false,
-        resume: None,
-        hard_valid: true,
-        max_batches: None,
-        frozen_features: training::train::FeatureEngine::Auto,
-        no_export: false,
-        dataset_name: "colours".into(),
-    };
+    let args = tiny_args(&data, &out);
     let report = training::train::run(args).unwrap();
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv
@@ -114,6 +85,92 @@ fn read_args(out: &Path) -> serde_json::Value {
     training::weights::read_meta(&out.join("last.safetensors"))
         .unwrap()
         .args
+}
+
+/// The run every test here starts from: Lite0 at 32 px, random init, 3 epochs
+/// (2 head-only), light augmentation.
+fn tiny_args(data: &Path, out: &Path) -> TrainArgs {
+    TrainArgs {
+        data: data.to_path_buf(),
+        arch: Arch::EfficientNetLite0,
+        pretrained: None,
+        epochs: 3,
+        out: out.to_path_buf(),
+        seed: 1,
+        batch_size: 16,
+        optimizer: OptimizerKind::Adamw,
+        lr: 0.003,
+        pct_start: 0.3,
+        weight_decay: 1e-4,
+        clip_value: 0.1,
+        dropout: 0.2,
+        label_smoothing: 0.1,
+        warmup_epochs: 2,
+        warmup_lr: Some(0.01),
+        augment: AugmentLevel::Light,
+        size: Some(32),
+        open_world: true,
+        expert_weight: 1.0,
+        expert_in_loss: false,
+        none_max_mass: 0.1,
+        none_max_confidence: 0.8,
+        l2sp: 0.0,
+        negatives: None,
+        workers: Some(2),
+        threads: None,
+        device: DeviceChoice::Cpu,
+        amp: false,
+        resume: None,
+        hard_valid: true,
+        max_batches: None,
+        frozen_features: training::train::FeatureEngine::Auto,
+        no_export: false,
+        dataset_name: "colours".into(),
+    }
+}
+
+#[test]
+fn an_open_world_run_keeps_the_imagenet_head_and_exports_the_none_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    // "ImageNet weights": a random Lite0 with a 1000-class head, as the wheels ship it.
+    let pretrained = dir.path().join("imagenet.safetensors");
+    let imagenet = training::nets::Network::new(Arch::EfficientNetLite0, 1000, 0.2, tch::Device::Cpu);
+    imagenet.vs.save(&pretrained).unwrap();
+    let negatives = dir.path().join("negatives");
+    std::fs::create_dir_all(&negatives).unwrap();
+    for i in 0..4u32 {
+        let img = color_image("green", 40, 30, 500 + i);
+        std::fs::write(negatives.join(format!("{i}.png")), encode(&img, ImageFormat::Png)).unwrap();
+    }
+    let out = dir.path().join("run");
+    let mut args = tiny_args(&data, &out);
+    args.pretrained = Some(pretrained);
+    args.epochs = 2;
+    args.augment = AugmentLevel::Scene;
+    args.negatives = Some(negatives);
+    // Thresholds no photo can stay under: everything is `none`, which shows
+    // the rule's numbers travel from the flags through the file to the verdicts.
+    args.none_max_mass = 1.01;
+    args.none_max_confidence = 1.01;
+    let report = training::train::run(args).unwrap();
+    let none = report.none.expect("an open-world run reports its none rule");
+    assert_eq!((none.valid_called_none, none.valid_total), (18, 18), "{none:?}");
+    assert_eq!((none.negatives_called_none, none.negatives_total), (4, 4), "{none:?}");
+
+    let model = instrument_detector::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
+    let ow = model.spec.open_world.as_ref().expect("the exported model declares its open world");
+    assert_eq!(ow.imagenet_classes, 1000);
+    assert_eq!(ow.none_rule.max_instrument_mass, 1.01);
+    assert_eq!(model.spec.output_width(), 3 + 1000);
+    // The ImageNet head is the pretrained file's, untouched by training.
+    let meta = training::weights::read_meta(&out.join("best.safetensors")).unwrap();
+    assert_eq!(meta.imagenet_classes, Some(1000));
+    let (trained, _) = training::weights::open_checkpoint(&out.join("best.safetensors"), tch::Device::Cpu).unwrap();
+    let (w, _) = trained.imagenet_weights().unwrap();
+    let (w0, _) = imagenet.head_weights();
+    assert!(w.allclose(w0, 0.0, 0.0, false), "the ImageNet head must not train");
 }
 
 #[test]
