@@ -58,6 +58,40 @@ fn config_file_sets_flags_and_typed_flags_win() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid TOML"));
 }
 
+#[test]
+fn a_config_files_folder_survives_typed_flags_with_values() {
+    // `watch --config FILE --db x.db` once took "x.db" for a typed folder and
+    // dropped the file's `dir`, watching ./watch instead.
+    let s = Setup::new();
+    // Not ./watch (which is where the daemon would look if it dropped the file's folder).
+    let photos = s.tmp.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    instrument_detector::testkit::write_color_image(&photos.join("a.png"), "red", ImageFormat::Png, 1).unwrap();
+    let cfg = s.tmp.path().join("id.toml");
+    std::fs::write(&cfg, format!("dir = {:?}\nsettle_ms = 300\n", photos.display().to_string())).unwrap();
+    let log = std::fs::File::create(s.tmp.path().join("config-daemon.log")).unwrap();
+    let mut child = s
+        .cmd(&["watch", "--config"])
+        .arg(&cfg)
+        .arg("--db")
+        .arg(&s.db)
+        .arg("--model")
+        .arg(&s.model)
+        .args(["--backend", "tract"])
+        .current_dir(s.tmp.path())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let seen = std::time::Instant::now();
+    while s.count(DONE) < 1 && seen.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let log = std::fs::read_to_string(s.tmp.path().join("config-daemon.log")).unwrap_or_default();
+    assert_eq!(s.count(DONE), 1, "the config's folder was not watched:\n{log}");
+}
+
 fn http_get(port: u16, path: &str) -> String {
     let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();

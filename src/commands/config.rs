@@ -52,12 +52,9 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         }
     };
     let mut injected: Vec<OsString> = Vec::new();
-    let mut positional_dir = None;
     for (key, value) in section {
-        if sub == "watch" && key == "dir" {
-            positional_dir = Some(value_str(&key, &value)?);
-            continue;
-        }
+        // `watch`'s folder is positional on the command line; from the file
+        // it arrives as `--dir`, which a typed folder overrides.
         let flag = format!("--{}", key.replace('_', "-"));
         match value {
             toml::Value::Boolean(true) => injected.push(flag.into()),
@@ -74,16 +71,9 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
             }
         }
     }
-    // The folder is positional: use the file's only if none was typed.
-    let typed_positional = rest.iter().any(|a| !a.to_string_lossy().starts_with('-'));
     let mut out: Vec<OsString> = args[..=pos].to_vec();
     out.extend(injected);
     out.extend(rest);
-    if let Some(dir) = positional_dir
-        && !typed_positional
-    {
-        out.push(dir.into());
-    }
     Ok(out)
 }
 

@@ -10,9 +10,13 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
-    /// The folder to watch (recursively).
-    #[arg(default_value = "watch")]
-    dir: PathBuf,
+    /// The folder to watch (recursively). Default: `watch`.
+    dir: Option<PathBuf>,
+    /// The folder, as a flag: what a config file's `dir` key becomes, so a
+    /// folder typed on the command line wins and flag values are never
+    /// mistaken for one.
+    #[arg(long = "dir", value_name = "DIR", hide = true)]
+    dir_flag: Option<PathBuf>,
     /// SQLite database for the results (created if missing).
     #[arg(long, default_value = "instruments.db", value_name = "FILE")]
     db: PathBuf,
@@ -70,7 +74,7 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
         ..DecodeLimits::default()
     };
     let cfg = WatchConfig {
-        dir: a.dir,
+        dir: a.dir.or(a.dir_flag).unwrap_or_else(|| PathBuf::from("watch")),
         db: a.db,
         model: a.model.model_path(),
         backend: a.model.backend,
