@@ -176,9 +176,10 @@ impl ModelSpec {
             return Judgement { probabilities, none: None };
         };
         let reading = ow.read(&self.labels, row);
-        let probabilities = softmax(&reading.logits, self.temperature);
-        let best = probabilities.iter().copied().fold(0.0, f32::max);
-        Judgement { none: ow.none_verdict(reading.instrument_mass, best), probabilities }
+        // The rule reads the uncalibrated probability (see `open_world`).
+        let best = softmax(&reading.logits, 1.0).into_iter().fold(0.0, f32::max);
+        let none = ow.none_verdict(reading.instrument_mass, best);
+        Judgement { probabilities: softmax(&reading.logits, self.temperature), none }
     }
 }
 

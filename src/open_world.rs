@@ -21,7 +21,9 @@
 //! - **The "no instrument" rule.** `mass` is the ImageNet probability on
 //!   instrument classes. A photo is [`NONE`] when `mass` is below
 //!   `max_instrument_mass` **and** the combined classifier's best probability is
-//!   below `max_confidence`: the ImageNet head alone would reject the
+//!   below `max_confidence` (its probability before calibration, at
+//!   temperature 1, so that refitting the temperature never moves the rule):
+//!   the ImageNet head alone would reject the
 //!   instruments it has no class for (a guiro, an alphorn), so the instrument
 //!   classifier must be unsure too. Its confidence is `1 - mass`.
 //!
@@ -71,7 +73,8 @@ fn one() -> f32 {
 pub struct NoneRule {
     /// The ImageNet probability on instrument classes must be below this...
     pub max_instrument_mass: f32,
-    /// ...and the combined classifier's best probability below this.
+    /// ...and the combined classifier's best probability (at temperature 1,
+    /// before calibration) below this.
     pub max_confidence: f32,
 }
 

@@ -183,6 +183,20 @@ impl Predictions {
             .sum()
     }
 
+    /// These predictions followed by `other`'s (for fitting one temperature on both).
+    pub fn joined(&self, other: &Predictions) -> Predictions {
+        Predictions {
+            logits: self.logits.iter().chain(&other.logits).cloned().collect(),
+            labels: self.labels.iter().chain(&other.labels).copied().collect(),
+            instrument_mass: self
+                .instrument_mass
+                .iter()
+                .chain(&other.instrument_mass)
+                .copied()
+                .collect(),
+        }
+    }
+
     /// The temperature minimising NLL (grid over log T, then refined).
     pub fn fit_temperature(&self) -> f64 {
         let mut best = (1.0, self.nll(1.0));
@@ -196,9 +210,9 @@ impl Predictions {
         best.0
     }
 
-    /// Which items the "no instrument" rule calls `none` at temperature `t`
-    /// (all false for a model without the rule).
-    pub fn called_none(&self, open_world: Option<&OpenWorld>, t: f64) -> Vec<bool> {
+    /// Which items the "no instrument" rule calls `none` (all false for a
+    /// model without the rule). The rule reads probabilities at temperature 1.
+    pub fn called_none(&self, open_world: Option<&OpenWorld>) -> Vec<bool> {
         let Some(ow) = open_world else {
             return vec![false; self.logits.len()];
         };
@@ -206,7 +220,7 @@ impl Predictions {
             .iter()
             .zip(&self.instrument_mass)
             .map(|(row, &mass)| {
-                let p = instrument_detector::model::softmax(row, t as f32);
+                let p = instrument_detector::model::softmax(row, 1.0);
                 let best = p.iter().copied().fold(0.0, f32::max);
                 ow.none_verdict(mass, best).is_some()
             })

@@ -387,7 +387,7 @@ pub struct FinalReport {
     pub none: Option<NoneReport>,
 }
 
-/// What the `none` rule did on each set, at the fitted temperature.
+/// What the `none` rule did on each set.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NoneReport {
     pub valid_called_none: usize,
@@ -934,8 +934,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
     };
     eprintln!("final numbers measured with {measured_on}");
     let vp = evaluate(ctx, &mut scorer, &valid, Mode::Plain)?;
-    let t = vp.fit_temperature();
-    let (hard_acc, per_variant) = if ctx.args.hard_valid {
+    let (t, hard_acc, per_variant) = if ctx.args.hard_valid {
         let hp = evaluate(
             ctx,
             &mut scorer,
@@ -945,7 +944,10 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
             },
         )?;
         let pv = hp.per_variant(HARD_VARIANTS.len());
+        // Valid alone is nearly all right, so a temperature fitted on it
+        // alone is overconfident for the world; the hard variants are not.
         (
+            vp.joined(&hp).fit_temperature(),
             Some(hp.accuracy()),
             HARD_VARIANTS
                 .iter()
@@ -954,7 +956,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
                 .collect(),
         )
     } else {
-        (None, BTreeMap::new())
+        (vp.fit_temperature(), None, BTreeMap::new())
     };
     let test = Arc::new(ctx.ds.test.clone());
     let mut test_none = 0;
@@ -962,7 +964,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         (f64::NAN, 0, f64::NAN, String::from("(no test split)\n"))
     } else {
         let tp = evaluate(ctx, &mut scorer, &test, Mode::Plain)?;
-        test_none = count(&tp.called_none(ctx.open_world.as_ref(), t));
+        test_none = count(&tp.called_none(ctx.open_world.as_ref()));
         let k = ctx.ds.classes.len();
         let cm = tp.confusion(k);
         crate::plot::confusion(&out.join("confusion.png"), &cm)?;
@@ -982,7 +984,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         (tp.accuracy(), tp.correct(), tp.ece(t), md)
     };
     let none = match &ctx.open_world {
-        Some(ow) => Some(none_report(ctx, &mut scorer, ow, &vp, t, test_none)?),
+        Some(ow) => Some(none_report(ctx, &mut scorer, ow, &vp, test_none)?),
         None => None,
     };
     if model_path.is_file() && !ctx.args.no_export {
@@ -1003,7 +1005,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
     }
     let report_md = format!(
         "# Run report\n\nbest epoch {best_epoch}; measured with {measured_on}\n\n| split | accuracy |\n|---|---:|\n| valid | {:.4} ({}/{}) |\n| hard valid | {} |\n| test | {:.4} ({}/{}) |\n\n\
-         Temperature fitted on valid: {t:.3}; ECE on valid {:.4} at T=1, {:.4} at T; ECE on test at T {:.4}\n\n\
+         Temperature fitted on valid and hard valid: {t:.3}; ECE on valid {:.4} at T=1, {:.4} at T; ECE on test at T {:.4}\n\n\
          Hard valid per distortion: {}\n\n## Test, per class\n\n{md}",
         vp.accuracy(),
         vp.correct(),
@@ -1057,13 +1059,12 @@ fn count(flags: &[bool]) -> usize {
     flags.iter().filter(|&&f| f).count()
 }
 
-/// Runs the `none` rule on valid, test and `--negatives` at temperature `t`.
+/// Runs the `none` rule on valid, test and `--negatives`.
 fn none_report(
     ctx: &Ctx,
     scorer: &mut Scorer,
     ow: &OpenWorld,
     vp: &Predictions,
-    t: f64,
     test_called_none: usize,
 ) -> Result<NoneReport> {
     let (mut negatives_called_none, mut negatives_total) = (0, 0);
@@ -1076,10 +1077,10 @@ fn none_report(
             .collect();
         negatives_total = samples.len();
         let np = evaluate(ctx, scorer, &Arc::new(samples), Mode::Plain)?;
-        negatives_called_none = count(&np.called_none(Some(ow), t));
+        negatives_called_none = count(&np.called_none(Some(ow)));
     }
     Ok(NoneReport {
-        valid_called_none: count(&vp.called_none(Some(ow), t)),
+        valid_called_none: count(&vp.called_none(Some(ow))),
         valid_total: vp.labels.len(),
         test_called_none,
         test_total: ctx.ds.test.len(),

@@ -1,4 +1,5 @@
-//! Export parity at 224 for both architectures with random weights: the ONNX
+//! Export parity with random weights (Lite0 and ResNet50 at 224, Lite2 with its
+//! ImageNet head at 260): the ONNX
 //! graph written by the project computes what tch computes (checked in tract
 //! through the daemon's engine, and ONNX Runtime where it opens).
 
@@ -31,16 +32,30 @@ fn randomise_bn(net: &Network) {
 }
 
 fn check(arch: Arch) {
-    let net = Network::new(arch, 30, 0.5, Device::Cpu);
-    randomise_bn(&net);
+    check_net(&Network::new(arch, 30, 0.5, Device::Cpu), 224);
+}
+
+fn check_net(net: &Network, size: u32) {
+    let arch = net.arch;
+    randomise_bn(net);
     let spec = PreprocessSpec {
-        size: 224,
+        size,
         mean: [0.5; 3],
         std: [0.25; 3],
         resize: ResizeMode::Stretch,
     };
     let classes: Vec<String> = (0..30).map(|i| format!("class{i:02}")).collect();
-    let bytes = build_onnx(&net, &spec, &classes, &BTreeMap::new());
+    let mut extra = BTreeMap::new();
+    if net.imagenet_classes().is_some() {
+        // Without this description the loader refuses the wider rows.
+        let rule = instrument_detector::open_world::NoneRule {
+            max_instrument_mass: 0.03,
+            max_confidence: 0.9,
+        };
+        let ow = training::imagenet::open_world(&classes, 0.5, rule);
+        extra.insert(instrument_detector::open_world::KEY.to_string(), ow.to_metadata());
+    }
+    let bytes = build_onnx(net, &spec, &classes, &extra);
     let model = LoadedModel::from_bytes(std::path::Path::new("t.onnx"), bytes.clone()).unwrap();
     assert_eq!(model.spec.labels, classes);
     assert_eq!(model.spec.preprocess, spec);
@@ -48,8 +63,9 @@ fn check(arch: Arch) {
         model.spec.metadata.get("architecture").map(String::as_str),
         Some(arch.as_str())
     );
-    let inputs = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
-    let parity = check_parity(&net, &bytes, &inputs).unwrap();
+    let s = size as i64;
+    let inputs = Tensor::randn([2, 3, s, s], (Kind::Float, Device::Cpu));
+    let parity = check_parity(net, &bytes, &inputs).unwrap();
     assert!(!parity.is_empty());
     for p in &parity {
         eprintln!("{arch:?} {p}");
@@ -60,6 +76,14 @@ fn check(arch: Arch) {
 #[test]
 fn lite0_export_matches_tch_at_224() {
     check(Arch::EfficientNetLite0);
+}
+
+#[test]
+fn lite2_with_its_imagenet_head_exports_and_matches_tch_at_260() {
+    // The open-world layout: one output row is our 30 logits, then 1000 ImageNet logits.
+    let net = Network::with_imagenet_head(Arch::EfficientNetLite2, 30, 0.5, Device::Cpu, 1000);
+    assert_eq!(net.output_width(), 1030);
+    check_net(&net, 260);
 }
 
 #[test]

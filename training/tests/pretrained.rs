@@ -117,3 +117,23 @@ fn missing_file_is_a_clear_error() {
         load_pretrained(&mut net, std::path::Path::new("/nonexistent/w.safetensors")).unwrap_err();
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+#[test]
+fn the_pypi_lite2_weights_fit_the_network_and_its_imagenet_head() {
+    // Written by `scripts/setup-python.sh --training`, which the test command runs.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.venv/weights/efficientnet-lite2.safetensors");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup-python.sh --training",
+        path.display()
+    );
+    let mut net = Network::with_imagenet_head(Arch::EfficientNetLite2, 30, 0.5, Device::Cpu, 1000);
+    let report = load_pretrained(&mut net, &path).unwrap();
+    // Every tensor but our own (30-wide) head: the backbone and the ImageNet head.
+    assert_eq!(report.loaded, net.vs.variables().len() - 2);
+    assert_eq!(report.head_reinitialised.len(), 2);
+    let (w, b) = net.imagenet_weights().unwrap();
+    assert_eq!(w.size(), vec![1000, 1280]);
+    assert!(b.is_some());
+}
