@@ -105,6 +105,24 @@ pub fn flat_image(rgb: [u8; 3], w: u32, h: u32, seed: u32) -> RgbImage {
     img
 }
 
+/// [`color_model`] with its output cut to the first two rows of any batch: it
+/// passes the engines' dry run (a batch of 2) and answers a batch of 3 with
+/// the wrong number of rows, which the engines must refuse per batch.
+pub fn two_row_color_model(size: u32) -> Vec<u8> {
+    let mut proto = crate::onnx::decode(&color_model(size)).expect("the colour model decodes");
+    let graph = proto.graph.as_mut().expect("the colour model has a graph");
+    let mut g = GraphBuilder::new("slice");
+    let starts = g.constant_i64("starts", &[1], &[0]);
+    let ends = g.constant_i64("ends", &[1], &[2]);
+    let axes = g.constant_i64("axes", &[1], &[0]);
+    g.node("Slice", &["logits", &starts, &ends, &axes], "two_rows", vec![]);
+    let extra = g.build().graph.expect("a graph");
+    graph.node.extend(extra.node);
+    graph.initializer.extend(extra.initializer);
+    graph.output[0].name = "two_rows".into();
+    crate::onnx::encode(&proto)
+}
+
 /// An RGB colour for each label of [`color_model`].
 pub fn color_of(label: &str) -> [u8; 3] {
     match label {

@@ -172,7 +172,10 @@ pub fn open(
             Ok(engine)
         });
         match attempt {
-            Ok(engine) => return Ok((engine, fallbacks)),
+            Ok(engine) => {
+                let checked: Box<dyn Classifier> = Box::new(Checked { inner: engine, width: model.spec.output_width() });
+                return Ok((checked, fallbacks));
+            }
             Err(e) => {
                 if choice == BackendChoice::Auto && backend != Backend::Tract {
                     // No GPU at all is the expected case on most machines: say
@@ -189,6 +192,47 @@ pub fn open(
         }
     }
     Err(last_err.expect("at least one backend was tried"))
+}
+
+/// Every opened engine, checked on every batch: one row per image, as wide as
+/// the model declares. A model that collapses the batch axis (or a backend
+/// that returns the wrong shape) is an inference error for that batch, so its
+/// files get error rows; without the check the callers' row indexing would
+/// panic and take a pipeline stage down with it.
+struct Checked {
+    inner: Box<dyn Classifier>,
+    width: usize,
+}
+
+impl Classifier for Checked {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+
+    fn preferred_batch(&self) -> usize {
+        self.inner.preferred_batch()
+    }
+
+    fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
+        let rows = batch.shape()[0];
+        let out = self.inner.run(batch)?;
+        if out.shape() != [rows, self.width] {
+            return Err(EngineError::Inference {
+                backend: self.inner.backend(),
+                reason: format!(
+                    "a batch of {rows} produced output shape {:?}, expected [{rows}, {}]",
+                    out.shape(),
+                    self.width
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
+        let width = self.width;
+        self.inner.split().into_iter().map(|inner| Box::new(Checked { inner, width }) as Box<dyn Classifier>).collect()
+    }
 }
 
 fn open_one(model: &LoadedModel, backend: Backend, options: &EngineOptions) -> Result<Box<dyn Classifier>, EngineError> {
