@@ -1,6 +1,6 @@
 //! Inference per batch per backend (ONNX Runtime CPU, tract) on a real model.
 //!
-//!     BENCH_MODEL=models/instrument-lite0.onnx cargo bench --bench inference
+//!     BENCH_MODEL=models/instrument-lite2.onnx cargo bench --bench inference
 //!
 //! `BENCH_MODEL` defaults to the shipped model; `BENCH_BACKENDS` (comma list of
 //! `ort-cpu`, `tract`, `cuda`) defaults to `ort-cpu,tract`; `BENCH_BATCHES`
@@ -15,7 +15,7 @@ use std::time::Duration;
 fn bench(c: &mut Criterion) {
     let path = std::env::var_os("BENCH_MODEL")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/instrument-lite0.onnx"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/instrument-lite2.onnx"));
     let model = match LoadedModel::load(&path) {
         Ok(m) => m,
         Err(e) => {

@@ -6,7 +6,7 @@
 #   BENCH_CRITERION=0 scripts/bench.sh   # skip the criterion micro-benchmarks
 #
 # Environment (all optional):
-#   MODEL        fp32 model (default models/instrument-lite0.onnx; if missing, an
+#   MODEL        fp32 model (default models/instrument-lite2.onnx; if missing, an
 #                EfficientNet-Lite0-shaped stand-in with random weights is written
 #                to $WORK/standin.onnx and used, and the output says so)
 #   MODEL_INT8   int8 model to compare (default: written by `instrument-detector
@@ -43,7 +43,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     cargo build --release --bins --examples --quiet
 fi
 
-MODEL=${MODEL:-$ROOT/models/instrument-lite0.onnx}
+MODEL=${MODEL:-$ROOT/models/instrument-lite2.onnx}
 if [[ ! -f $MODEL ]]; then
     echo "note: $MODEL not found; using a stand-in with Lite0's architecture and random weights"
     MODEL=$WORK/standin.onnx

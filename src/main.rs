@@ -31,7 +31,7 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
     /// ONNX model file (labels and preprocessing are read from its metadata).
-    /// Default: the shipped model, models/instrument-lite0.onnx.
+    /// Default: the shipped model, models/instrument-lite2.onnx (models/instrument-lite0.onnx is the faster choice).
     #[arg(long, value_name = "FILE")]
     model: Option<PathBuf>,
     /// Inference backend. `auto` tries CUDA, then ONNX Runtime on the CPU, then

@@ -13,7 +13,7 @@ pub mod watch;
 use std::path::PathBuf;
 
 /// File name of the model shipped in `models/`.
-pub const SHIPPED_MODEL: &str = "instrument-lite0.onnx";
+pub const SHIPPED_MODEL: &str = "instrument-lite2.onnx";
 
 /// The shipped model: `./models/…` if run from the repository, else next to
 /// the executable's repository (`target/release/../../models`), else the
