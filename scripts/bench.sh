@@ -60,14 +60,7 @@ print(f("mean", [0.485, 0.456, 0.406]), f("std", [0.229, 0.224, 0.225]), m.get("
 EOF
 )
 
-# Image sets: N224 dataset images (copies: `classify` skips symbolic links), and generated full-size photos.
-SET224=$WORK/set224-$N224
-if [[ ! -d $SET224 ]]; then
-    mkdir -p "$SET224"
-    find "$DATA/train" -name '*.jpg' | sort | awk -v n="$N224" 'NR <= n' | nl -nrz -w6 | while read -r i f; do cp "$f" "$SET224/$i.jpg"; done
-fi
-PHOTOS=$WORK/photos-$NPHOTOS
-[[ -d $PHOTOS ]] || "$PY" scripts/make_bench_photos.py "$DATA/train" "$PHOTOS" "$NPHOTOS"
+source scripts/bench_sets.sh
 
 RESULTS=$WORK/results.jsonl
 : > "$RESULTS"

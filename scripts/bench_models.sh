@@ -31,13 +31,7 @@ if [[ ${BENCH_BUILD:-1} == 1 ]]; then
     cargo build --release --bins --quiet
 fi
 
-SET224=$WORK/set224-$N224
-if [[ ! -d $SET224 ]]; then
-    mkdir -p "$SET224"
-    find "$DATA/train" -name '*.jpg' | sort | awk -v n="$N224" 'NR <= n' | nl -nrz -w6 | while read -r i f; do cp "$f" "$SET224/$i.jpg"; done
-fi
-PHOTOS=$WORK/photos-$NPHOTOS
-[[ -d $PHOTOS ]] || "$PY" scripts/make_bench_photos.py "$DATA/train" "$PHOTOS" "$NPHOTOS"
+source scripts/bench_sets.sh
 
 RESULTS=$WORK/models.jsonl
 : > "$RESULTS"

@@ -125,8 +125,8 @@ fn assert_parity(model: &LoadedModel) {
     let mut tract = open(model, BackendChoice::Tract);
     let from_ort = ort.run(batch.view()).unwrap();
     let from_tract = tract.run(batch.view()).unwrap();
-    let labels = model.spec.labels.len();
-    assert_eq!(from_ort.shape(), [batch.len_of(Axis(0)), labels]);
+    // One row per image: the labels' scores (and an open-world model's ImageNet logits).
+    assert_eq!(from_ort.shape(), [batch.len_of(Axis(0)), model.spec.output_width()]);
     assert_eq!(from_ort.shape(), from_tract.shape());
     let mut worst = 0.0f32;
     let mut winners = std::collections::BTreeSet::new();
@@ -134,6 +134,8 @@ fn assert_parity(model: &LoadedModel) {
         let p_ort = model.spec.probabilities(from_ort.row(i).as_slice().unwrap());
         let p_tract = model.spec.probabilities(from_tract.row(i).as_slice().unwrap());
         assert_eq!(top1(&p_ort), top1(&p_tract), "image {i}: ort {p_ort:?} tract {p_tract:?}");
+        let none = |row: ndarray::ArrayView1<f32>| model.spec.judge(row.as_slice().unwrap()).none.is_some();
+        assert_eq!(none(from_ort.row(i)), none(from_tract.row(i)), "image {i}: the none verdict differs");
         winners.insert(top1(&p_ort));
         for (a, b) in p_ort.iter().zip(&p_tract) {
             worst = worst.max((a - b).abs());
