@@ -118,7 +118,14 @@ impl CrossFit {
     }
 
     /// Keeps each image's combined logits from the head that did not train on it.
-    pub fn collect(&mut self, features: &Tensor, imagenet: &Tensor, y: &Tensor, items: &[usize], expert: &Expert) {
+    pub fn collect(
+        &mut self,
+        features: &Tensor,
+        imagenet: &Tensor,
+        y: &Tensor,
+        items: &[usize],
+        expert: &Expert,
+    ) {
         tch::no_grad(|| {
             for (k, head) in self.heads.iter().enumerate() {
                 let rows = Self::half(items, 1 - k, features.device());

@@ -441,7 +441,10 @@ fn scene_background(w: u32, h: u32, rng: &mut Rng) -> RgbImage {
     });
     for _ in 0..3 + rng.below(12) {
         let (cx, cy) = (rng.range(0.0, w as f32), rng.range(0.0, h as f32));
-        let (rx, ry) = (rng.range(5.0, w as f32 / 3.0), rng.range(5.0, h as f32 / 3.0));
+        let (rx, ry) = (
+            rng.range(5.0, w as f32 / 3.0),
+            rng.range(5.0, h as f32 / 3.0),
+        );
         let fill = colour(rng).map(|v| v as u8);
         let disc = rng.chance(0.5);
         for (x, y, p) in bg.enumerate_pixels_mut() {
@@ -460,7 +463,9 @@ fn scene_background(w: u32, h: u32, rng: &mut Rng) -> RgbImage {
     let sigma = rng.range(0.0, 12.0);
     for p in bg.pixels_mut() {
         for k in 0..3 {
-            p[k] = (p[k] as f32 + sigma * rng.normal()).round().clamp(0.0, 255.0) as u8;
+            p[k] = (p[k] as f32 + sigma * rng.normal())
+                .round()
+                .clamp(0.0, 255.0) as u8;
         }
     }
     bg

@@ -81,7 +81,6 @@ pub fn predict(
     batch: usize,
     workers: usize,
     seed: u64,
-    reader: Option<Reader>,
 ) -> Result<Predictions> {
     let items = match mode {
         Mode::Hard { variants } => samples.len() * variants,
@@ -109,15 +108,7 @@ pub fn predict(
         let k = logits.size()[1] as usize;
         let flat = crate::nets::to_vec(&logits);
         for (i, l) in b.labels.iter().enumerate() {
-            let row = &flat[i * k..(i + 1) * k];
-            match reader {
-                Some(r) => {
-                    let reading = r.open_world.read(r.classes, row);
-                    out.logits.push(reading.logits);
-                    out.instrument_mass.push(reading.instrument_mass);
-                }
-                None => out.logits.push(row.to_vec()),
-            }
+            out.logits.push(flat[i * k..(i + 1) * k].to_vec());
             out.labels.push(*l as usize);
         }
     }
@@ -134,6 +125,25 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 impl Predictions {
+    /// Raw output rows read as the daemon reads them: for an open-world
+    /// model, the combined logits and the ImageNet instrument mass.
+    pub fn read_with(self, reader: Option<Reader>) -> Predictions {
+        let Some(r) = reader else { return self };
+        let (logits, instrument_mass) = self
+            .logits
+            .iter()
+            .map(|row| {
+                let reading = r.open_world.read(r.classes, row);
+                (reading.logits, reading.instrument_mass)
+            })
+            .unzip();
+        Predictions {
+            logits,
+            labels: self.labels,
+            instrument_mass,
+        }
+    }
+
     pub fn correct(&self) -> usize {
         self.logits
             .iter()

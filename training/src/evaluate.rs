@@ -60,8 +60,8 @@ pub fn run(
         16,
         workers,
         seed,
-        reader,
-    )?;
+    )?
+    .read_with(reader);
     println!("{}", line("valid", &vp, t));
     let hp = predict(
         &mut scorer,
@@ -73,8 +73,8 @@ pub fn run(
         16,
         workers,
         seed,
-        reader,
-    )?;
+    )?
+    .read_with(reader);
     println!("{}", line("hard valid", &hp, t));
     for (name, acc) in HARD_VARIANTS
         .iter()
@@ -91,8 +91,8 @@ pub fn run(
             16,
             workers,
             seed,
-            reader,
-        )?;
+        )?
+        .read_with(reader);
         println!("{}", line("test", &tp, t));
         let k = ds.classes.len();
         let cm = tp.confusion(k);

@@ -127,7 +127,11 @@ pub fn anchor_rows(
             let rows: Vec<i64> = idx.iter().map(|&i| i as i64).collect();
             let index = Tensor::from_slice(&rows).to_device(device);
             w.get(k as i64)
-                .copy_(&imagenet_w.index_select(0, &index).mean_dim(0, false, Kind::Float));
+                .copy_(
+                    &imagenet_w
+                        .index_select(0, &index)
+                        .mean_dim(0, false, Kind::Float),
+                );
             if let Some(ib) = imagenet_b {
                 b.get(k as i64)
                     .copy_(&ib.index_select(0, &index).mean(Kind::Float));

@@ -638,9 +638,7 @@ impl Network {
 
     /// The ImageNet logits of features `f` (no gradient: that head never trains).
     pub fn imagenet_logits(&self, f: &Tensor) -> Option<Tensor> {
-        self.imagenet
-            .as_ref()
-            .map(|l| tch::no_grad(|| f.apply(l)))
+        self.imagenet.as_ref().map(|l| tch::no_grad(|| f.apply(l)))
     }
 
     /// The model's output rows: our logits, then the ImageNet logits when kept.
@@ -703,11 +701,7 @@ impl Network {
         };
         let (w, b) = tch::no_grad(|| (to_vec(&head.ws), head.bs.as_ref().map(to_vec)));
         let n = head.ws.size()[0];
-        let wn = g.constant_f32(
-            "imagenet_fc_weight",
-            &[n, self.arch.feature_dim()],
-            &w,
-        );
+        let wn = g.constant_f32("imagenet_fc_weight", &[n, self.arch.feature_dim()], &w);
         let bn = g.constant_f32(
             "imagenet_fc_bias",
             &[n],

@@ -3,13 +3,13 @@
 //! head-only warm-up with a frozen backbone, augmentation, a hard validation,
 //! best-checkpoint selection, resume, Ctrl-C, and the run folder's reports.
 
+use crate::crossfit::{CrossFit, HeadRecipe};
 use crate::data::{Augment, Dataset, HARD_VARIANTS, Loader, Mode, Sample, spec_for};
 use crate::eval::{
     Predictions, Reader, Scorer, confused_pairs, engine_run, per_class_table, predict,
 };
-use crate::crossfit::{CrossFit, HeadRecipe};
-use crate::imagenet::Expert;
 use crate::export::export_checked;
+use crate::imagenet::Expert;
 use crate::nets::{Arch, Network};
 use crate::rng::Rng;
 use crate::weights::{
@@ -294,7 +294,11 @@ fn planned_open_world(args: &TrainArgs, classes: &[String]) -> Option<OpenWorld>
 
 /// Starts our head at the ImageNet twins' rows and returns those rows (the
 /// L2-SP anchor).
-fn start_head_at_twins(net: &Network, ow: &OpenWorld, classes: &[String]) -> Result<(Tensor, Tensor)> {
+fn start_head_at_twins(
+    net: &Network,
+    ow: &OpenWorld,
+    classes: &[String],
+) -> Result<(Tensor, Tensor)> {
     let (iw, ib) = net
         .imagenet_weights()
         .context("the network has no ImageNet head to start from")?;
@@ -461,8 +465,8 @@ fn evaluate(
         32,
         ctx.workers,
         ctx.args.seed,
-        ctx.reader(),
     )
+    .map(|p| p.read_with(ctx.reader()))
 }
 
 fn loss_of(p: &Predictions) -> f64 {
@@ -904,7 +908,10 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
             serde_json::to_string(&ctx.args)?,
         );
         if let Some(ow) = &ctx.open_world {
-            extra.insert(instrument_detector::open_world::KEY.to_string(), ow.to_metadata());
+            extra.insert(
+                instrument_detector::open_world::KEY.to_string(),
+                ow.to_metadata(),
+            );
         }
         let inputs = real_inputs(&ctx.ds.valid, &ctx.spec, 4)?;
         let p = export_checked(

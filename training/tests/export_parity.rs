@@ -53,7 +53,10 @@ fn check_net(net: &Network, size: u32) {
             max_confidence: 0.9,
         };
         let ow = training::imagenet::open_world(&classes, 0.5, rule);
-        extra.insert(instrument_detector::open_world::KEY.to_string(), ow.to_metadata());
+        extra.insert(
+            instrument_detector::open_world::KEY.to_string(),
+            ow.to_metadata(),
+        );
     }
     let bytes = build_onnx(net, &spec, &classes, &extra);
     let model = LoadedModel::from_bytes(std::path::Path::new("t.onnx"), bytes.clone()).unwrap();

@@ -9,6 +9,10 @@ use std::path::Path;
 use training::nets::Arch;
 use training::train::{AugmentLevel, DeviceChoice, OptimizerKind, TrainArgs};
 
+/// Training runs one at a time: libtorch's seed and thread count are process
+/// globals, and two runs interleaving their random draws are not reproducible.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn make_dataset(root: &Path) {
     for (split, n) in [("train", 16u32), ("valid", 6), ("test", 6)] {
         for (ci, label) in COLOR_LABELS.iter().enumerate() {
@@ -29,6 +33,7 @@ fn make_dataset(root: &Path) {
 
 #[test]
 fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_dataset(&data);
@@ -131,18 +136,24 @@ fn tiny_args(data: &Path, out: &Path) -> TrainArgs {
 
 #[test]
 fn an_open_world_run_keeps_the_imagenet_head_and_exports_the_none_rule() {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_dataset(&data);
     // "ImageNet weights": a random Lite0 with a 1000-class head, as the wheels ship it.
     let pretrained = dir.path().join("imagenet.safetensors");
-    let imagenet = training::nets::Network::new(Arch::EfficientNetLite0, 1000, 0.2, tch::Device::Cpu);
+    let imagenet =
+        training::nets::Network::new(Arch::EfficientNetLite0, 1000, 0.2, tch::Device::Cpu);
     imagenet.vs.save(&pretrained).unwrap();
     let negatives = dir.path().join("negatives");
     std::fs::create_dir_all(&negatives).unwrap();
     for i in 0..4u32 {
         let img = color_image("green", 40, 30, 500 + i);
-        std::fs::write(negatives.join(format!("{i}.png")), encode(&img, ImageFormat::Png)).unwrap();
+        std::fs::write(
+            negatives.join(format!("{i}.png")),
+            encode(&img, ImageFormat::Png),
+        )
+        .unwrap();
     }
     let out = dir.path().join("run");
     let mut args = tiny_args(&data, &out);
@@ -155,22 +166,41 @@ fn an_open_world_run_keeps_the_imagenet_head_and_exports_the_none_rule() {
     args.none_max_mass = 1.01;
     args.none_max_confidence = 1.01;
     let report = training::train::run(args).unwrap();
-    let none = report.none.expect("an open-world run reports its none rule");
-    assert_eq!((none.valid_called_none, none.valid_total), (18, 18), "{none:?}");
-    assert_eq!((none.negatives_called_none, none.negatives_total), (4, 4), "{none:?}");
+    let none = report
+        .none
+        .expect("an open-world run reports its none rule");
+    assert_eq!(
+        (none.valid_called_none, none.valid_total),
+        (18, 18),
+        "{none:?}"
+    );
+    assert_eq!(
+        (none.negatives_called_none, none.negatives_total),
+        (4, 4),
+        "{none:?}"
+    );
 
     let model = instrument_detector::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
-    let ow = model.spec.open_world.as_ref().expect("the exported model declares its open world");
+    let ow = model
+        .spec
+        .open_world
+        .as_ref()
+        .expect("the exported model declares its open world");
     assert_eq!(ow.imagenet_classes, 1000);
     assert_eq!(ow.none_rule.max_instrument_mass, 1.01);
     assert_eq!(model.spec.output_width(), 3 + 1000);
     // The ImageNet head is the pretrained file's, untouched by training.
     let meta = training::weights::read_meta(&out.join("best.safetensors")).unwrap();
     assert_eq!(meta.imagenet_classes, Some(1000));
-    let (trained, _) = training::weights::open_checkpoint(&out.join("best.safetensors"), tch::Device::Cpu).unwrap();
+    let (trained, _) =
+        training::weights::open_checkpoint(&out.join("best.safetensors"), tch::Device::Cpu)
+            .unwrap();
     let (w, _) = trained.imagenet_weights().unwrap();
     let (w0, _) = imagenet.head_weights();
-    assert!(w.allclose(w0, 0.0, 0.0, false), "the ImageNet head must not train");
+    assert!(
+        w.allclose(w0, 0.0, 0.0, false),
+        "the ImageNet head must not train"
+    );
 }
 
 #[test]
