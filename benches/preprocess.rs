@@ -6,7 +6,9 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use image::{DynamicImage, ImageFormat, RgbImage};
-use instrument_detector::preprocess::{DecodeLimits, PreprocessSpec, ResizeMode, decode_rgb, preprocess_bytes, tensor_from_rgb};
+use instrument_detector::preprocess::{
+    DecodeLimits, PreprocessSpec, ResizeMode, decode_rgb, preprocess_bytes, tensor_from_rgb,
+};
 use std::hint::black_box;
 use std::io::Cursor;
 

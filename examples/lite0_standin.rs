@@ -97,8 +97,15 @@ fn main() {
     let (y, mut side) = e.conv("input", size, 3, 32, 3, 2, 1);
     let mut x = e.relu6(&y);
     let mut cin = 32;
-    const STAGES: [(i64, i64, i64, i64, usize); 7] =
-        [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)];
+    const STAGES: [(i64, i64, i64, i64, usize); 7] = [
+        (1, 3, 1, 16, 1),
+        (6, 3, 2, 24, 2),
+        (6, 5, 2, 40, 2),
+        (6, 3, 2, 80, 3),
+        (6, 5, 1, 112, 3),
+        (6, 5, 2, 192, 4),
+        (6, 3, 1, 320, 1),
+    ];
     for (ratio, k, stride, cout, repeats) in STAGES {
         for r in 0..repeats {
             let s = if r == 0 { stride } else { 1 };

@@ -28,7 +28,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("usage: stage_bench decode MODEL DIR [--limit N] | stage_bench infer MODEL --backend B --batch N [--iters N]");
+            eprintln!(
+                "usage: stage_bench decode MODEL DIR [--limit N] | stage_bench infer MODEL --backend B --batch N [--iters N]"
+            );
             ExitCode::from(2)
         }
     }
@@ -153,6 +155,8 @@ fn percentiles(times: &mut [f64]) -> String {
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

@@ -53,7 +53,9 @@ pub fn classify_paths(
         }
         drop(tx);
         let mut pending: Vec<(usize, Vec<f32>)> = Vec::with_capacity(batch);
-        let mut run = |pending: &mut Vec<(usize, Vec<f32>)>, on_result: &mut dyn FnMut(usize, FileResult)| -> Result<(), EngineError> {
+        let mut run = |pending: &mut Vec<(usize, Vec<f32>)>,
+                       on_result: &mut dyn FnMut(usize, FileResult)|
+         -> Result<(), EngineError> {
             if pending.is_empty() {
                 return Ok(());
             }

@@ -7,16 +7,16 @@
 //! - [`engine`]: ONNX Runtime (CUDA, CPU) and tract behind one trait;
 //! - [`onnx`]: a small ONNX graph writer (tests, training export, quantisation).
 
+pub mod batch;
+pub mod daemon;
 pub mod engine;
 pub mod model;
 pub mod onnx;
 pub mod open_world;
-pub mod preprocess;
-pub mod testkit;
-pub mod store;
-pub mod daemon;
-pub mod predict;
-pub mod batch;
 pub mod output;
+pub mod predict;
+pub mod preprocess;
 pub mod quantize;
 pub mod report;
+pub mod store;
+pub mod testkit;

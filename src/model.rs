@@ -77,7 +77,10 @@ impl ModelSpec {
     /// normalisation defaults to ImageNet's, as torchvision models expect.
     pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<ModelSpec, String> {
         let labels_raw = meta.get(keys::LABELS).ok_or_else(|| {
-            format!("metadata has no '{}' entry (a JSON array of class names); was it exported by `training`?", keys::LABELS)
+            format!(
+                "metadata has no '{}' entry (a JSON array of class names); was it exported by `training`?",
+                keys::LABELS
+            )
         })?;
         let labels: Vec<String> = serde_json::from_str(labels_raw)
             .map_err(|e| format!("metadata '{}' is not a JSON array of strings: {e}", keys::LABELS))?;
@@ -219,8 +222,7 @@ impl LoadedModel {
         }
         let spec = ModelSpec::from_metadata(&onnx::metadata_of(&proto)).map_err(invalid)?;
 
-        let initializers: std::collections::HashSet<&str> =
-            graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let initializers: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
         if inputs.len() != 1 {
             return Err(invalid(format!("expected exactly one input, found {}", inputs.len())));

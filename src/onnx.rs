@@ -113,10 +113,7 @@ pub struct GraphBuilder {
 
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
-        GraphBuilder {
-            graph: pb::GraphProto { name: name.to_string(), ..Default::default() },
-            ..Default::default()
-        }
+        GraphBuilder { graph: pb::GraphProto { name: name.to_string(), ..Default::default() }, ..Default::default() }
     }
 
     /// A fresh, unique tensor name with a readable prefix.

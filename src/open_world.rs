@@ -128,7 +128,12 @@ impl OpenWorld {
         if let Some(i) = self.instrument_classes.iter().chain(&self.orphan_classes).find(|&&i| i >= n) {
             return bad(format!("ImageNet class {i} is outside the {n} ImageNet classes"));
         }
-        let finite = [self.imagenet_temperature, self.expert_weight, self.none_rule.max_instrument_mass, self.none_rule.max_confidence];
+        let finite = [
+            self.imagenet_temperature,
+            self.expert_weight,
+            self.none_rule.max_instrument_mass,
+            self.none_rule.max_confidence,
+        ];
         if finite.iter().any(|v| !v.is_finite()) || self.imagenet_temperature <= 0.0 || self.expert_weight < 0.0 {
             return bad("imagenet_temperature must be positive, expert_weight non-negative, all numbers finite".into());
         }

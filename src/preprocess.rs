@@ -340,7 +340,8 @@ mod tests {
     /// must be written, whatever the resize mode and the image's shape.
     #[test]
     fn every_element_is_written_so_buffers_can_be_reused() {
-        let img = DynamicImage::ImageRgb8(RgbImage::from_fn(37, 20, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, 90])));
+        let img =
+            DynamicImage::ImageRgb8(RgbImage::from_fn(37, 20, |x, y| image::Rgb([(x * 7) as u8, (y * 11) as u8, 90])));
         for format in [ImageFormat::Png, ImageFormat::Jpeg] {
             let bytes = encode(&img, format);
             for resize in [ResizeMode::Stretch, ResizeMode::CenterCrop] {
@@ -455,7 +456,12 @@ mod tests {
     #[test]
     fn scaled_jpeg_decode_covers_the_target_and_keeps_the_picture() {
         // 1600x1200 photo: left half red, right half green.
-        let img = RgbImage::from_fn(1600, 1200, |x, _| if x < 800 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 220, 20]) });
+        let img =
+            RgbImage::from_fn(
+                1600,
+                1200,
+                |x, _| if x < 800 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 220, 20]) },
+            );
         let jpeg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
         let small = decode_rgb(&jpeg, 224, &DecodeLimits::default()).unwrap();
         assert!(small.width() >= 224 && small.height() >= 224);

@@ -175,9 +175,7 @@ pub fn calibrate(
     let slot: HashMap<&str, usize> = all_outputs.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let size = model.spec.preprocess.size as usize;
     let mut inference = tract_onnx::onnx().model_for_proto_model(&proto).map_err(err)?;
-    inference
-        .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![1, 3, size, size]))
-        .map_err(err)?;
+    inference.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), tvec![1, 3, size, size])).map_err(err)?;
     let plan = inference.into_optimized().map_err(err)?.into_runnable().map_err(err)?;
 
     let mut ranges: HashMap<String, Range> = names.iter().map(|n| (n.clone(), Range::empty())).collect();
@@ -300,7 +298,8 @@ pub fn quantize_model(
         return Err(QuantizeError::AlreadyQuantized);
     }
     let mut report = QuantizeReport::default();
-    let inits: HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let inits: HashMap<String, usize> =
+        graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
 
     // 1. Activation Q/DQ pairs: tensor -> Q -> DQ -> "<tensor>_dq".
     let mut act_params: HashMap<String, (f32, u8)> = HashMap::new();
@@ -339,7 +338,8 @@ pub fn quantize_model(
     // 1b. The output of a GlobalAveragePool over a quantised tensor gets a pair
     // with its input's parameters: an average never leaves its input's range.
     for n in graph.node.iter() {
-        if n.op_type != "GlobalAveragePool" || n.output.len() != 1 || graph.output.iter().any(|o| o.name == n.output[0]) {
+        if n.op_type != "GlobalAveragePool" || n.output.len() != 1 || graph.output.iter().any(|o| o.name == n.output[0])
+        {
             continue;
         }
         let (input, out) = (&n.input[0], &n.output[0]);
@@ -440,7 +440,13 @@ pub fn quantize_model(
         new_inits.push(raw_tensor(&qn, dtype::INT8, &dims, q.iter().map(|v| *v as u8).collect()));
         new_inits.push(f32_tensor(&sn, &[channels as i64], &scales));
         new_inits.push(raw_tensor(&zn, dtype::INT8, &[channels as i64], vec![zero_point as u8; channels]));
-        weight_nodes.push(node("DequantizeLinear", format!("{wname}_DequantizeLinear"), &[&qn, &sn, &zn], &dqn, Some(0)));
+        weight_nodes.push(node(
+            "DequantizeLinear",
+            format!("{wname}_DequantizeLinear"),
+            &[&qn, &sn, &zn],
+            &dqn,
+            Some(0),
+        ));
         remove_inits.insert(wname);
         n.input[1] = dqn;
         report.weights += 1;
@@ -464,10 +470,21 @@ pub fn quantize_model(
             let sn = format!("{bname}_scale_{}", report.weights);
             let zn = format!("{bname}_zero_point_{}", report.weights);
             let dqn = format!("{bname}_dq_{}", report.weights);
-            new_inits.push(raw_tensor(&qn, dtype::INT32, &[channels as i64], bq.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            new_inits.push(raw_tensor(
+                &qn,
+                dtype::INT32,
+                &[channels as i64],
+                bq.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
             new_inits.push(f32_tensor(&sn, &[channels as i64], &bscales));
             new_inits.push(raw_tensor(&zn, dtype::INT32, &[channels as i64], vec![0; 4 * channels]));
-            weight_nodes.push(node("DequantizeLinear", format!("{bname}_DequantizeLinear_{}", report.weights), &[&qn, &sn, &zn], &dqn, Some(0)));
+            weight_nodes.push(node(
+                "DequantizeLinear",
+                format!("{bname}_DequantizeLinear_{}", report.weights),
+                &[&qn, &sn, &zn],
+                &dqn,
+                Some(0),
+            ));
             remove_inits.insert(bname);
             n.input[2] = dqn;
         }

@@ -140,8 +140,13 @@ table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; 
     }
     html.push_str("</nav></header>\n");
     for (label, items) in &order {
-        let _ = write!(html, r#"<section class="group" id="g-{id}" data-label="{id}"><h2>{l} <small>({c})</small></h2><div class="grid">"#,
-            id = esc(label), l = esc(label), c = items.len());
+        let _ = write!(
+            html,
+            r#"<section class="group" id="g-{id}" data-label="{id}"><h2>{l} <small>({c})</small></h2><div class="grid">"#,
+            id = esc(label),
+            l = esc(label),
+            c = items.len()
+        );
         for r in items.iter() {
             let h = r.content_hash.as_deref().unwrap_or("");
             let name = Path::new(&r.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -158,10 +163,17 @@ table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; 
         html.push_str("</div></section>\n");
     }
     if !errors.is_empty() {
-        html.push_str(r#"<section id="errors"><h2>Errors</h2><table><tr><th>file</th><th>kind</th><th>reason</th></tr>"#);
+        html.push_str(
+            r#"<section id="errors"><h2>Errors</h2><table><tr><th>file</th><th>kind</th><th>reason</th></tr>"#,
+        );
         for r in &errors {
-            let _ = write!(html, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&r.path), esc(r.error_kind.as_deref().unwrap_or("")), esc(r.error.as_deref().unwrap_or("")));
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.path),
+                esc(r.error_kind.as_deref().unwrap_or("")),
+                esc(r.error.as_deref().unwrap_or(""))
+            );
         }
         html.push_str("</table></section>\n");
     }

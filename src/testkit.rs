@@ -182,4 +182,3 @@ pub fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
     png.extend_from_slice(&(!crc).to_be_bytes());
     png
 }
-

@@ -28,7 +28,8 @@ fn auto_falls_back_to_tract_with_a_reason_when_onnx_runtime_is_missing() {
 
 #[test]
 fn auto_on_a_machine_without_a_gpu_does_not_warn_about_cuda() {
-    let gpu = std::path::Path::new("/proc/driver/nvidia/gpus").is_dir() || std::path::Path::new("/dev/nvidia0").exists();
+    let gpu =
+        std::path::Path::new("/proc/driver/nvidia/gpus").is_dir() || std::path::Path::new("/dev/nvidia0").exists();
     let s = Setup::new();
     let img = s.write_image("r.png", "red", ImageFormat::Png, 1);
     let out = classify(&s, &img, &["--backend", "auto"]);
@@ -65,10 +66,12 @@ fn backends_agree_through_the_cli() {
     let dir = s.tmp.path().join("imgs");
     std::fs::create_dir(&dir).unwrap();
     for (i, l) in ["red", "green", "blue", "green"].iter().enumerate() {
-        instrument_detector::testkit::write_color_image(&dir.join(format!("{i}.jpg")), l, ImageFormat::Jpeg, i as u32).unwrap();
+        instrument_detector::testkit::write_color_image(&dir.join(format!("{i}.jpg")), l, ImageFormat::Jpeg, i as u32)
+            .unwrap();
     }
     let run = |backend: &str| -> Vec<serde_json::Value> {
-        let out = s.cmd(&["classify", "--json", "--backend", backend, "--model"]).arg(&s.model).arg(&dir).output().unwrap();
+        let out =
+            s.cmd(&["classify", "--json", "--backend", backend, "--model"]).arg(&s.model).arg(&dir).output().unwrap();
         assert!(out.status.success(), "{backend}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     };

@@ -30,7 +30,8 @@ fn a_closed_stdout_ends_query_stats_and_status_quietly() {
     let mut d = s.start(&[]);
     common::wait_for(60, "one row", || s.count("SELECT count(*) FROM results") == 1);
     d.stop();
-    for args in [&["query"][..], &["query", "--format", "json"], &["query", "--format", "csv"], &["stats"], &["status"]] {
+    for args in [&["query"][..], &["query", "--format", "json"], &["query", "--format", "csv"], &["stats"], &["status"]]
+    {
         let out = with_closed_stdout(&s, args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");

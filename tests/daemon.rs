@@ -28,7 +28,10 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
     std::fs::write(s.dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(s.dir.join("notes.jpg"), b"shopping list: strings, rosin\n").unwrap();
     std::fs::write(s.dir.join("noise.png"), (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
-    let good = instrument_detector::testkit::encode(&instrument_detector::testkit::color_image("red", 64, 64, 9), ImageFormat::Jpeg);
+    let good = instrument_detector::testkit::encode(
+        &instrument_detector::testkit::color_image("red", 64, 64, 9),
+        ImageFormat::Jpeg,
+    );
     std::fs::write(s.dir.join("truncated.jpg"), &good[..good.len() / 2]).unwrap();
     // Ignored names.
     std::fs::write(s.dir.join(".hidden.jpg"), &good).unwrap();
@@ -49,7 +52,9 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
     std::thread::sleep(Duration::from_millis(1500)); // nothing more may appear
     let rows = s.query(&[]);
     assert_eq!(rows.len(), 12, "{rows:#?}\n{}", d.log());
-    let find = |name: &str| rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("no row for {name}"));
+    let find = |name: &str| {
+        rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap_or_else(|| panic!("no row for {name}"))
+    };
     for (name, label) in [
         ("before.png", "red"),
         ("/a.jpg", "blue"),
@@ -66,7 +71,9 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
         assert_eq!(r["backend"], "tract");
         assert_eq!(r["top5"].as_array().unwrap().len(), 3);
     }
-    for (name, kind) in [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "corrupt")] {
+    for (name, kind) in
+        [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "corrupt")]
+    {
         let r = find(name);
         assert_eq!(r["status"], "error", "{name}: {r}");
         assert_eq!(r["error_kind"], kind, "{name}: {r}");
@@ -113,10 +120,14 @@ fn restart_after_sigkill_redoes_nothing_and_loses_nothing() {
     let rows = s.query(&[]);
     assert_eq!(rows.len(), 8);
     // Untouched files kept their original result: nothing was redone.
-    let after: Vec<String> = rows.iter().filter(|r| {
-        let p = r["path"].as_str().unwrap();
-        ["p1.png", "p2.png", "p3.png", "p4.png"].iter().any(|n| p.ends_with(n))
-    }).map(|r| r["classified_at"].to_string()).collect();
+    let after: Vec<String> = rows
+        .iter()
+        .filter(|r| {
+            let p = r["path"].as_str().unwrap();
+            ["p1.png", "p2.png", "p3.png", "p4.png"].iter().any(|n| p.ends_with(n))
+        })
+        .map(|r| r["classified_at"].to_string())
+        .collect();
     assert_eq!(after.len(), 4);
     for a in &after {
         assert!(before.contains(a), "a result was redone: {a} not in {before:?}");
@@ -228,16 +239,29 @@ fn classify_and_evaluate_use_the_same_pipeline() {
     for (i, label) in ["red", "green", "blue"].iter().enumerate() {
         std::fs::create_dir_all(data.join(label)).unwrap();
         for j in 0..3u32 {
-            instrument_detector::testkit::write_color_image(&data.join(label).join(format!("{j}.jpg")), label, ImageFormat::Jpeg, i as u32 * 10 + j).unwrap();
+            instrument_detector::testkit::write_color_image(
+                &data.join(label).join(format!("{j}.jpg")),
+                label,
+                ImageFormat::Jpeg,
+                i as u32 * 10 + j,
+            )
+            .unwrap();
         }
     }
-    let out = s.cmd(&["classify", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(data.join("green")).output().unwrap();
+    let out = s
+        .cmd(&["classify", "--json", "--backend", "tract", "--model"])
+        .arg(&s.model)
+        .arg(data.join("green"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|l| l["label"] == "green"));
 
-    let out = s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
+    let out =
+        s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["images"], 9);

@@ -22,14 +22,22 @@ fn reclassify_redoes_only_stale_results() {
     let new_model = s.tmp.path().join("color16.onnx");
     std::fs::write(&new_model, instrument_detector::testkit::color_model(16)).unwrap();
     let run = |extra: &[&str]| {
-        let out = s.cmd(&["reclassify", "--backend", "tract", "--db"]).arg(&s.db).arg("--model").arg(&new_model).args(extra).output().unwrap();
+        let out = s
+            .cmd(&["reclassify", "--backend", "tract", "--db"])
+            .arg(&s.db)
+            .arg("--model")
+            .arg(&new_model)
+            .args(extra)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let msg = run(&["--stale", "--label", "blue"]);
     assert!(msg.contains("reclassified 1 contents"), "{msg}");
     let rows = s.query(&[]);
-    let sha_of = |name: &str| rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap()["model_sha256"].clone();
+    let sha_of =
+        |name: &str| rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap()["model_sha256"].clone();
     assert_eq!(sha_of("/b.png"), sha_of("b-copy.png"), "both paths of one content move together");
     assert_ne!(sha_of("/a.png"), sha_of("/b.png"));
     let msg = run(&["--stale"]);
@@ -46,7 +54,11 @@ fn config_file_sets_flags_and_typed_flags_win() {
     wait_for(30, "1 row", || s.count(DONE) == 1);
     assert!(d.stop().success());
     let cfg = s.tmp.path().join("id.toml");
-    std::fs::write(&cfg, format!("[query]\ndb = {:?}\nformat = \"json\"\nlabel = \"red\"\n", s.db.display().to_string())).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[query]\ndb = {:?}\nformat = \"json\"\nlabel = \"red\"\n", s.db.display().to_string()),
+    )
+    .unwrap();
     let out = s.cmd(&["query", "--config"]).arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap().len(), 0);

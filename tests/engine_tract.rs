@@ -63,7 +63,10 @@ fn a_model_that_collapses_the_batch_axis_is_refused_when_opened() {
         "ReduceMean",
         &["logits"],
         "collapsed",
-        vec![("axes", instrument_detector::onnx::Attr::Ints(vec![0])), ("keepdims", instrument_detector::onnx::Attr::Int(1))],
+        vec![
+            ("axes", instrument_detector::onnx::Attr::Ints(vec![0])),
+            ("keepdims", instrument_detector::onnx::Attr::Int(1)),
+        ],
     );
     graph.node.extend(g.build().graph.unwrap().node);
     graph.output[0].name = "collapsed".into();

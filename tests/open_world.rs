@@ -46,7 +46,8 @@ fn the_daemon_stores_none_for_a_photo_without_an_instrument_and_queries_find_it(
     // instrument, its red twin as much as a green one, so the expert tips
     // the unsure classifier to red.
     let rows = s.query(&[]);
-    let label_of = |name: &str| rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap()["label"].clone();
+    let label_of =
+        |name: &str| rows.iter().find(|r| r["path"].as_str().unwrap().ends_with(name)).unwrap()["label"].clone();
     assert_eq!(label_of("red.png"), "red");
     assert_eq!(label_of("bright.png"), "red", "{rows:?}");
 
@@ -65,7 +66,8 @@ fn classify_says_none_and_lists_the_instruments_after_it() {
     let s = open_world_setup();
     let dark = s.tmp.path().join("dark.png");
     write_flat(&dark, BLACK, 7);
-    let out = s.cmd(&["classify", "--backend", "tract", "--json", "--model"]).arg(&s.model).arg(&dark).output().unwrap();
+    let out =
+        s.cmd(&["classify", "--backend", "tract", "--json", "--model"]).arg(&s.model).arg(&dark).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let first = text.find("\"none\"").expect("none in the output");
@@ -85,7 +87,8 @@ fn evaluate_scores_a_none_folder_like_any_class() {
     write_flat(&data.join("none/dark2.png"), BLACK, 12);
     // A bright photo filed under none is one the model gets wrong: it sees an instrument.
     write_flat(&data.join("none/bright.png"), WHITE, 13);
-    let out = s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
+    let out =
+        s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["images"], 6, "{v}");
@@ -97,7 +100,8 @@ fn evaluate_scores_a_none_folder_like_any_class() {
 
     // A model without the rule never says none, and evaluate says so honestly.
     std::fs::write(&s.model, testkit::color_model(32)).unwrap();
-    let out = s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
+    let out =
+        s.cmd(&["evaluate", "--json", "--backend", "tract", "--model"]).arg(&s.model).arg(&data).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["per_class"]["none"]["correct"], 0, "{v}");
@@ -108,7 +112,8 @@ fn a_model_whose_output_lacks_the_declared_imagenet_head_is_refused() {
     let s = Setup::new();
     // Metadata declares 4 ImageNet columns, but the graph returns only the 3 labels.
     let mut proto = instrument_detector::onnx::decode(&testkit::color_model(32)).unwrap();
-    let entry = [(instrument_detector::open_world::KEY.to_string(), testkit::open_world_color_description().to_metadata())];
+    let entry =
+        [(instrument_detector::open_world::KEY.to_string(), testkit::open_world_color_description().to_metadata())];
     instrument_detector::onnx::set_metadata(&mut proto, &entry.into_iter().collect());
     std::fs::write(&s.model, instrument_detector::onnx::encode(&proto)).unwrap();
     let img = s.tmp.path().join("red.png");

@@ -26,7 +26,14 @@ fn small_model() -> Vec<u8> {
     g.input("input", dtype::FLOAT, &[n.clone(), Dim::Fixed(3), Dim::Fixed(SIZE), Dim::Fixed(SIZE)]);
     g.constant_f32("clip_min", &[], &[0.0]);
     g.constant_f32("clip_max", &[], &[6.0]);
-    let conv = |g: &mut GraphBuilder, rand: &mut dyn FnMut() -> f32, x: &str, cin: i64, cout: i64, k: i64, groups: i64, out: &str| {
+    let conv = |g: &mut GraphBuilder,
+                rand: &mut dyn FnMut() -> f32,
+                x: &str,
+                cin: i64,
+                cout: i64,
+                k: i64,
+                groups: i64,
+                out: &str| {
         let w: Vec<f32> = (0..cout * cin / groups * k * k).map(|_| rand() * 1.5).collect();
         let b: Vec<f32> = (0..cout).map(|_| rand() * 0.2).collect();
         let wn = g.constant_f32(&format!("{out}_w"), &[cout, cin / groups, k, k], &w);
@@ -67,7 +74,11 @@ fn images(dir: &Path, n: u32) -> Vec<PathBuf> {
     (0..n)
         .map(|i| {
             let img = RgbImage::from_fn(40, 30, |x, y| {
-                image::Rgb([((x * 6 + i * 31) % 256) as u8, ((y * 8 + i * 17) % 256) as u8, ((x * y + i * 53) % 256) as u8])
+                image::Rgb([
+                    ((x * 6 + i * 31) % 256) as u8,
+                    ((y * 8 + i * 17) % 256) as u8,
+                    ((x * y + i * 53) % 256) as u8,
+                ])
             });
             let p = dir.join(format!("{i}.png"));
             img.save_with_format(&p, ImageFormat::Png).unwrap();
@@ -201,7 +212,11 @@ fn gemm_routing_changes_the_zero_point_and_not_one_weight_value() {
     assert_eq!(a, b, "routing must dequantise to exactly the same weights");
     let zero_points = |m: &LoadedModel| -> Vec<i8> {
         let g = m.proto.graph.as_ref().unwrap();
-        g.initializer.iter().filter(|t| t.name == "c2_w_zero_point").flat_map(|t| t.raw_data.iter().map(|&v| v as i8)).collect()
+        g.initializer
+            .iter()
+            .filter(|t| t.name == "c2_w_zero_point")
+            .flat_map(|t| t.raw_data.iter().map(|&v| v as i8))
+            .collect()
     };
     assert_eq!(zero_points(&plain), vec![0; 8]);
     assert_eq!(zero_points(&routed), vec![-1; 8]);
@@ -234,6 +249,7 @@ fn weights_round_trip_per_channel() {
 fn a_quantised_model_is_not_quantised_again() {
     let dir = tempfile::tempdir().unwrap();
     let (_, int8, _) = quantized(dir.path());
-    let err = quantize::quantize_model(&int8.proto, &Default::default(), &BTreeMap::new(), &Default::default()).unwrap_err();
+    let err =
+        quantize::quantize_model(&int8.proto, &Default::default(), &BTreeMap::new(), &Default::default()).unwrap_err();
     assert!(err.to_string().contains("already quantised"), "{err}");
 }

@@ -248,11 +248,15 @@ fn a_slowly_written_file_gets_one_row_after_it_is_complete_and_never_an_error() 
             }
         })
     };
-    let chunked = |b: &[u8], n: usize, ms: u64| b.chunks(b.len().div_ceil(n)).map(|c| (c.to_vec(), ms)).collect::<Vec<_>>();
+    let chunked =
+        |b: &[u8], n: usize, ms: u64| b.chunks(b.len().div_ceil(n)).map(|c| (c.to_vec(), ms)).collect::<Vec<_>>();
     let a = slow(s.dir.join("slow-a.jpg"), chunked(&big, 8, 700));
     let b = slow(s.dir.join("slow-b.png"), vec![(Vec::new(), 0), (png[..3].to_vec(), 1200), (png[3..].to_vec(), 1200)]);
     let half = big.len() / 2;
-    let c = slow(s.dir.join("slow c.jpg"), vec![(big[..100].to_vec(), 0), (big[100..half].to_vec(), 400), (big[half..].to_vec(), 2000)]);
+    let c = slow(
+        s.dir.join("slow c.jpg"),
+        vec![(big[..100].to_vec(), 0), (big[100..half].to_vec(), 400), (big[half..].to_vec(), 2000)],
+    );
     // Watch every 50 ms that no error row ever appears for them.
     let t = Instant::now();
     let mut errors_seen = Vec::new();
@@ -262,7 +266,11 @@ fn a_slowly_written_file_gets_one_row_after_it_is_complete_and_never_an_error() 
                 errors_seen.push(format!("{p}: {kind:?} at {:?}", t.elapsed()));
             }
         }
-        if a.is_finished() && b.is_finished() && c.is_finished() && s.count("SELECT count(*) FROM files WHERE status = 'ok'") == 3 {
+        if a.is_finished()
+            && b.is_finished()
+            && c.is_finished()
+            && s.count("SELECT count(*) FROM files WHERE status = 'ok'") == 3
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -305,12 +313,20 @@ fn a_file_replaced_during_its_settle_interval_gets_only_its_final_content_classi
     });
     // Let any wrongly kept first result land, had it been kept.
     std::thread::sleep(Duration::from_millis(2000));
-    assert_eq!(s.count("SELECT count(*) FROM predictions"), 1, "a result for replaced content was committed\n{}", d.log());
+    assert_eq!(
+        s.count("SELECT count(*) FROM predictions"),
+        1,
+        "a result for replaced content was committed\n{}",
+        d.log()
+    );
     assert_eq!(s.count("SELECT count(*) FROM files"), 1);
     assert_eq!(s.count("SELECT size FROM files WHERE status = 'ok'") as usize, second.len());
     // Which of the two checks caught it (the result's second look, or the
     // worker's look before reading) depends on timing; either is right.
-    eprintln!("early result dropped by the writer's second look: {}", d.log().contains("changed during its settle interval"));
+    eprintln!(
+        "early result dropped by the writer's second look: {}",
+        d.log().contains("changed during its settle interval")
+    );
     assert!(d.stop().success());
 }
 
@@ -342,7 +358,10 @@ fn early_start_is_capped_by_the_queue_and_the_rest_settle_first() {
     check_burst_rows(&s, n, 0);
     assert!(d.stop().success());
     let log = d.log();
-    assert!(log.contains("already wait for their settle interval"), "the cap was never reached with --queue 16 and {n} files\n{log}");
+    assert!(
+        log.contains("already wait for their settle interval"),
+        "the cap was never reached with --queue 16 and {n} files\n{log}"
+    );
     assert_eq!(classified_in_log(&log), Some(n as u64), "some content was classified twice (or not at all)");
     assert_eq!(integrity(&s.db), "ok");
 }
@@ -369,7 +388,10 @@ fn an_early_result_is_committed_no_sooner_than_the_settle_interval() {
         )
         .unwrap()
     };
-    assert!(quickest >= 1.2 - 0.002, "a row was committed {quickest:.3}s after its file was written, inside the 1.2 s settle interval");
+    assert!(
+        quickest >= 1.2 - 0.002,
+        "a row was committed {quickest:.3}s after its file was written, inside the 1.2 s settle interval"
+    );
     assert!(d.stop().success());
 }
 
@@ -449,7 +471,9 @@ fn a_database_held_in_a_write_transaction_makes_the_daemon_wait_and_lose_nothing
 
     // Another process (this test) takes the write lock, then the daemon starts.
     let holder = rusqlite::Connection::open(&s.db).unwrap();
-    holder.execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS other_app (x); INSERT INTO other_app VALUES (1);").unwrap();
+    holder
+        .execute_batch("BEGIN IMMEDIATE; CREATE TABLE IF NOT EXISTS other_app (x); INSERT INTO other_app VALUES (1);")
+        .unwrap();
     for i in 3..30 {
         std::fs::write(s.dir.join(format!("while-locked-{i}.png")), unique_png(label_of(i), i as u32)).unwrap();
     }
@@ -484,14 +508,32 @@ fn a_second_daemon_on_the_same_folder_or_database_is_refused() {
     wait_for(30, "the first daemon", || first.log().contains("instrument-detector watching"));
     // Same folder, another database.
     let other_db = s.tmp.path().join("other.db");
-    let out = s.cmd(&["watch"]).arg(&s.dir).arg("--db").arg(&other_db).arg("--model").arg(&s.model).args(["--backend", "tract"]).output().unwrap();
+    let out = s
+        .cmd(&["watch"])
+        .arg(&s.dir)
+        .arg("--db")
+        .arg(&other_db)
+        .arg("--model")
+        .arg(&s.model)
+        .args(["--backend", "tract"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("already using folder") && err.contains("stop it first"), "{err}");
     // Same database, another folder.
     let other_dir = s.tmp.path().join("other-dir");
     std::fs::create_dir(&other_dir).unwrap();
-    let out = s.cmd(&["watch"]).arg(&other_dir).arg("--db").arg(&s.db).arg("--model").arg(&s.model).args(["--backend", "tract"]).output().unwrap();
+    let out = s
+        .cmd(&["watch"])
+        .arg(&other_dir)
+        .arg("--db")
+        .arg(&s.db)
+        .arg("--model")
+        .arg(&s.model)
+        .args(["--backend", "tract"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("already using database"), "{err}");
@@ -504,7 +546,6 @@ fn a_second_daemon_on_the_same_folder_or_database_is_refused() {
 // ---------------------------------------------------------------------------
 // Hostile and broken input
 // ---------------------------------------------------------------------------
-
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -558,7 +599,10 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     let rows = rows_by_path(&s);
     assert_eq!(rows.len(), expected, "{rows:#?}\n{}", d.log());
     let get = |name: &str| {
-        rows.iter().find(|(p, _)| p.ends_with(&format!("/{name}"))).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("no row for {name:?}: {rows:#?}"))
+        rows.iter()
+            .find(|(p, _)| p.ends_with(&format!("/{name}")))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no row for {name:?}: {rows:#?}"))
     };
     let error = |name: &str, kind: &str| {
         let (status, _, k) = get(name);
@@ -577,7 +621,9 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     error("huge-header.jpg", "too_large");
     error("big.png", "too_large");
     if root {
-        eprintln!("running as root: permission bits do not stop reads, so chmod 000 is not an error here (check skipped)");
+        eprintln!(
+            "running as root: permission bits do not stop reads, so chmod 000 is not an error here (check skipped)"
+        );
         ok("locked.png", "red");
     } else {
         error("locked.png", "unreadable");
@@ -591,11 +637,17 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     error("@SUM(1+1).jpg", "not_image");
     error("-2+3.txt", "not_image");
     // Every error has a reason for a person.
-    assert_eq!(s.count("SELECT count(*) FROM files WHERE status = 'error' AND (error IS NULL OR length(error) < 10)"), 0);
+    assert_eq!(
+        s.count("SELECT count(*) FROM files WHERE status = 'error' AND (error IS NULL OR length(error) < 10)"),
+        0
+    );
     // Nothing outside the folder, no link, no folder.
     for (p, _) in &rows {
         assert!(p.starts_with(&*s.dir.to_string_lossy()), "{p} is outside the folder");
-        assert!(!p.contains("link-out") && !p.contains("loop-") && !p.contains("self-loop"), "{p}: a symlink was followed");
+        assert!(
+            !p.contains("link-out") && !p.contains("loop-") && !p.contains("self-loop"),
+            "{p}: a symlink was followed"
+        );
         assert!(!p.ends_with("/x.jpg"), "a folder got a row");
     }
     assert_eq!(s.count("SELECT count(*) FROM files WHERE path LIKE '%secret%'"), 0);
@@ -631,7 +683,11 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     let out = s.cmd(&["query", "--db"]).arg(&s.db).output().unwrap();
     assert!(out.status.success());
     let table = out.stdout;
-    assert!(!table.iter().any(|&b| b == 0x1b || b == 0x07), "raw escape in table output:\n{}", String::from_utf8_lossy(&table));
+    assert!(
+        !table.iter().any(|&b| b == 0x1b || b == 0x07),
+        "raw escape in table output:\n{}",
+        String::from_utf8_lossy(&table)
+    );
     let text = String::from_utf8(table).expect("table output is UTF-8 even for non-UTF-8 names");
     assert!(text.contains("\\u{1b}[31mred"), "{text}");
     assert!(text.contains("new\\nline.png"), "{text}");
@@ -689,11 +745,7 @@ fn broken_models_are_refused_at_start_with_exit_2_and_no_panic() {
             Some(testkit::color_model_with(32, &["red", "green", "blue"].map(String::from), 5)),
             &["wrong-width.onnx", "5", "3"],
         ),
-        (
-            "no-labels.onnx",
-            Some(testkit::color_model_with(32, &[], 3)),
-            &["no-labels.onnx", "labels"],
-        ),
+        ("no-labels.onnx", Some(testkit::color_model_with(32, &[], 3)), &["no-labels.onnx", "labels"]),
     ];
     for (name, bytes, needles) in cases {
         let path = s.tmp.path().join(name);
@@ -740,7 +792,9 @@ fn a_read_only_database_folder_is_refused_clearly() {
         std::fs::create_dir_all(&ro).unwrap();
         std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
     } else {
-        eprintln!("SKIPPED: running as root without permission to mount a read-only tmpfs; a read-only folder cannot be made");
+        eprintln!(
+            "SKIPPED: running as root without permission to mount a read-only tmpfs; a read-only folder cannot be made"
+        );
         return;
     }
     let db = ro.join("results.db");
@@ -748,7 +802,10 @@ fn a_read_only_database_folder_is_refused_clearly() {
     assert_eq!(code, Some(2), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains(&*ro.to_string_lossy()), "the message names the place: {err}");
-    assert!(err.to_lowercase().contains("read-only") || err.contains("ermission denied"), "the message says why: {err}");
+    assert!(
+        err.to_lowercase().contains("read-only") || err.contains("ermission denied"),
+        "the message says why: {err}"
+    );
 }
 
 #[test]
@@ -756,7 +813,9 @@ fn disk_full_pauses_writes_corrupts_nothing_and_resumes() {
     let s = Setup::new();
     let dbdir = s.tmp.path().join("small-disk");
     if !try_tmpfs(&dbdir, "size=3m") {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (not root / no CAP_SYS_ADMIN); run the soak as root for this test");
+        eprintln!(
+            "SKIPPED: cannot mount a tmpfs here (not root / no CAP_SYS_ADMIN); run the soak as root for this test"
+        );
         return;
     }
     let _m = Mount(dbdir.clone());
@@ -798,7 +857,11 @@ fn disk_full_pauses_writes_corrupts_nothing_and_resumes() {
         if t.elapsed() > Duration::from_secs(90) {
             let log = d.log();
             let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
-            panic!("only {} of 400 rows 90 s after space returned; log:\n{}", count(DONE), tail[tail.len().saturating_sub(40)..].join("\n"));
+            panic!(
+                "only {} of 400 rows 90 s after space returned; log:\n{}",
+                count(DONE),
+                tail[tail.len().saturating_sub(40)..].join("\n")
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -822,7 +885,9 @@ fn poll_mode_works_without_any_file_events() {
     std::fs::write(s.dir.join("later/q.png"), unique_png("blue", 100)).unwrap();
     wait_for(30, "11 rows by polling", || s.count(DONE) == 11);
     std::fs::remove_file(s.dir.join("p0.png")).unwrap();
-    wait_for(30, "the deletion found by polling", || s.count("SELECT count(*) FROM files WHERE status = 'deleted'") == 1);
+    wait_for(30, "the deletion found by polling", || {
+        s.count("SELECT count(*) FROM files WHERE status = 'deleted'") == 1
+    });
     assert!(d.stop().success());
 }
 
@@ -838,7 +903,8 @@ fn inotify_exhaustion_says_which_sysctl_and_falls_back_to_polling() {
     for i in 0..5 {
         std::fs::create_dir_all(s.dir.join(format!("d{i}/e"))).unwrap();
     }
-    let wrapper: &[&str] = &["unshare", "-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""];
+    let wrapper: &[&str] =
+        &["unshare", "-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""];
     let mut d = spawn_cmd(&s, Some(wrapper), &s.dir, &s.db, FAST);
     wait_for(30, "start", || d.log().contains("instrument-detector watching"));
     let log = d.log();
@@ -859,7 +925,8 @@ fn inotify_exhaustion_at_run_time_switches_to_polling() {
     if !private_inotify_limits() {
         return;
     }
-    let wrapper: &[&str] = &["unshare", "-U", "-r", "sh", "-c", "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""];
+    let wrapper: &[&str] =
+        &["unshare", "-U", "-r", "sh", "-c", "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""];
     // The default reconcile interval (300 s): only the switch to polling can find the files in time.
     let mut d = spawn_cmd(&s, Some(wrapper), &s.dir, &s.db, &["--settle-ms", "300"]);
     wait_for(30, "start", || d.log().contains("instrument-detector watching"));
@@ -894,7 +961,9 @@ fn sql_is_only_ever_built_from_constants() {
             if l.starts_with("//") {
                 continue;
             }
-            let sqlish = ["SELECT ", "INSERT ", "UPDATE ", "DELETE ", "PRAGMA ", " WHERE ", "CREATE "].iter().any(|k| l.contains(k));
+            let sqlish = ["SELECT ", "INSERT ", "UPDATE ", "DELETE ", "PRAGMA ", " WHERE ", "CREATE "]
+                .iter()
+                .any(|k| l.contains(k));
             let built = l.contains("format!(") || l.contains("push_str(&") || l.contains("+ &");
             if sqlish && built {
                 // The one audited exception: PRAGMA user_version takes no

@@ -44,7 +44,10 @@ fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
     let mut v = Vec::new();
     for dir in [root().join("corpus/preprocess"), root().join("regressions")] {
         for p in files_in(&dir) {
-            if p.file_name().is_some_and(|n| { let n = n.to_string_lossy(); n.starts_with("README") || n.starts_with('.') }) {
+            if p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("README") || n.starts_with('.')
+            }) {
                 continue;
             }
             let bytes = std::fs::read(&p).unwrap();
@@ -57,7 +60,10 @@ fn corpus() -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn corpus_and_regressions_never_panic() {
     let c = corpus();
-    assert!(c.len() >= 10, "the seed corpus is missing: run `cargo test --release --test reliability_fuzz -- --ignored write_seed_corpus`");
+    assert!(
+        c.len() >= 10,
+        "the seed corpus is missing: run `cargo test --release --test reliability_fuzz -- --ignored write_seed_corpus`"
+    );
     for (p, bytes) in &c {
         for limits in [DecodeLimits::default(), tight()] {
             let r = std::panic::catch_unwind(|| run_one(bytes, &limits));
@@ -202,20 +208,48 @@ fn write_seed_corpus() {
         img.write_to(&mut buf, f).unwrap();
         buf.into_inner()
     };
-    let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(12, 9, |x, y| image::Rgba([x as u8 * 20, y as u8 * 25, 7, (x * y) as u8])));
+    let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(12, 9, |x, y| {
+        image::Rgba([x as u8 * 20, y as u8 * 25, 7, (x * y) as u8])
+    }));
     put("rgba.png", enc(rgba.clone(), ImageFormat::Png));
     put("rgba.webp", enc(rgba, ImageFormat::WebP));
-    put("gray.png", enc(DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 7, |x, y| image::Luma([(x * 9 + y) as u8]))), ImageFormat::Png));
-    put("gray.jpg", enc(DynamicImage::ImageLuma8(image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 9 + y) as u8]))), ImageFormat::Jpeg));
+    put(
+        "gray.png",
+        enc(
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 7, |x, y| image::Luma([(x * 9 + y) as u8]))),
+            ImageFormat::Png,
+        ),
+    );
+    put(
+        "gray.jpg",
+        enc(
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(16, 16, |x, y| image::Luma([(x * 9 + y) as u8]))),
+            ImageFormat::Jpeg,
+        ),
+    );
     put(
         "rgb16.png",
-        enc(DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(6, 5, |x, y| image::Rgb([x as u16 * 9000, y as u16 * 9000, 123]))), ImageFormat::Png),
+        enc(
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(6, 5, |x, y| {
+                image::Rgb([x as u16 * 9000, y as u16 * 9000, 123])
+            })),
+            ImageFormat::Png,
+        ),
     );
-    put("rgb16.tiff", enc(DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(6, 5, |x, _| image::Rgb([x as u16 * 9000, 1, 2]))), ImageFormat::Tiff));
+    put(
+        "rgb16.tiff",
+        enc(
+            DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(6, 5, |x, _| image::Rgb([x as u16 * 9000, 1, 2]))),
+            ImageFormat::Tiff,
+        ),
+    );
     // A JPEG with an EXIF orientation (APP1 after SOI).
-    let mut jpeg = testkit::encode(&RgbImage::from_fn(10, 6, |x, _| image::Rgb([x as u8 * 25, 0, 0])), ImageFormat::Jpeg);
+    let mut jpeg =
+        testkit::encode(&RgbImage::from_fn(10, 6, |x, _| image::Rgb([x as u8 * 25, 0, 0])), ImageFormat::Jpeg);
     let exif: Vec<u8> = {
-        let mut tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00".to_vec();
+        let mut tiff =
+            b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+                .to_vec();
         let mut app1 = b"Exif\x00\x00".to_vec();
         app1.append(&mut tiff);
         let mut seg = vec![0xff, 0xe1];
@@ -229,4 +263,3 @@ fn write_seed_corpus() {
     put("huge-header.png", testkit::png_header_claiming(60000, 60000));
     put("text.txt", b"not an image at all\n".to_vec());
 }
-

@@ -6,7 +6,12 @@ use image::ImageFormat;
 
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|c| {
-        std::process::Command::new(c).arg("--version").output().ok().filter(|o| o.status.success()).map(|_| c.to_string())
+        std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| c.to_string())
     })
 }
 
@@ -41,9 +46,18 @@ fn report_loads_in_a_browser_and_shows_the_groups() {
     let profile = s.tmp.path().join("chromium-profile");
     let out = std::process::Command::new(browser)
         .args([
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000", "--dump-dom",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", out_dir.join("index.html").display()))

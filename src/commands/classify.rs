@@ -61,9 +61,16 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let (model, mut engine) = open_engine(&a.model)?;
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
     let mut results: Vec<Option<FileResult>> = vec![None; files.len()];
-    classify_paths(&files, &model, engine.as_mut(), workers(), batch, &DecodeLimits::default(), a.top.max(1), |i, r| {
-        results[i] = Some(r)
-    })?;
+    classify_paths(
+        &files,
+        &model,
+        engine.as_mut(),
+        workers(),
+        batch,
+        &DecodeLimits::default(),
+        a.top.max(1),
+        |i, r| results[i] = Some(r),
+    )?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
     for (path, r) in files.iter().zip(results) {
@@ -72,10 +79,14 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
             Ok(top) => {
                 if a.json {
                     let best = &top[0];
-                    writeln!(out, "{}", serde_json::json!({
-                        "path": shown, "label": best.label, "confidence": best.confidence,
-                        "topk": top, "backend": engine.backend().as_str(), "model_sha256": model.sha256,
-                    }))?;
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({
+                            "path": shown, "label": best.label, "confidence": best.confidence,
+                            "topk": top, "backend": engine.backend().as_str(), "model_sha256": model.sha256,
+                        })
+                    )?;
                 } else {
                     let ranked: Vec<String> =
                         top.iter().map(|s| format!("{} {:.1}%", s.label, s.confidence * 100.0)).collect();
@@ -160,15 +171,16 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     let ece: f64 = bins
         .iter()
         .filter(|b| b.0 > 0)
-        .map(|(cnt, conf, hits)| (*cnt as f64 / total.max(1) as f64) * (conf / *cnt as f64 - *hits as f64 / *cnt as f64).abs())
+        .map(|(cnt, conf, hits)| {
+            (*cnt as f64 / total.max(1) as f64) * (conf / *cnt as f64 - *hits as f64 / *cnt as f64).abs()
+        })
         .sum();
     let accuracy = correct as f64 / total.max(1) as f64;
     // How often a photo that does show an instrument was called `none`.
     let none_k = index.get(NONE).copied();
     let instrument_rows = confusion.iter().enumerate().filter(|(t, _)| Some(*t) != none_k);
-    let (instrument_photos, called_none) = instrument_rows.fold((0u64, 0u64), |(n, c), (_, row)| {
-        (n + row.iter().sum::<u64>(), c + none_k.map_or(0, |k| row[k]))
-    });
+    let (instrument_photos, called_none) = instrument_rows
+        .fold((0u64, 0u64), |(n, c), (_, row)| (n + row.iter().sum::<u64>(), c + none_k.map_or(0, |k| row[k])));
     let per_class: BTreeMap<&str, serde_json::Value> = labels
         .iter()
         .enumerate()
@@ -189,29 +201,45 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
         .collect();
     let mut out = std::io::stdout().lock();
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &serde_json::json!({
-            "accuracy": accuracy, "images": total, "correct": correct,
-            "errors": errors.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
-            "per_class": per_class, "labels": labels, "confusion": confusion, "ece": ece,
-            "instrument_photos_called_none": called_none, "instrument_photos": instrument_photos,
-            "model": model.path, "model_sha256": model.sha256, "backend": engine.backend().as_str(),
-            "seconds": secs, "images_per_second": total as f64 / secs,
-        }))?;
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "accuracy": accuracy, "images": total, "correct": correct,
+                "errors": errors.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+                "per_class": per_class, "labels": labels, "confusion": confusion, "ece": ece,
+                "instrument_photos_called_none": called_none, "instrument_photos": instrument_photos,
+                "model": model.path, "model_sha256": model.sha256, "backend": engine.backend().as_str(),
+                "seconds": secs, "images_per_second": total as f64 / secs,
+            }),
+        )?;
         writeln!(out)?;
     } else {
-        writeln!(out, "accuracy {:.2}% ({correct}/{total}) on {}  [{} backend, {:.1} img/s, ECE {:.3}]",
-            accuracy * 100.0, a.dir.display(), engine.backend(), total as f64 / secs, ece)?;
+        writeln!(
+            out,
+            "accuracy {:.2}% ({correct}/{total}) on {}  [{} backend, {:.1} img/s, ECE {:.3}]",
+            accuracy * 100.0,
+            a.dir.display(),
+            engine.backend(),
+            total as f64 / secs,
+            ece
+        )?;
         if none_k.is_some() && instrument_photos > 0 {
-            writeln!(out, "  {called_none} of {instrument_photos} instrument photos called '{NONE}' ({:.1}%)",
-                called_none as f64 * 100.0 / instrument_photos as f64)?;
+            writeln!(
+                out,
+                "  {called_none} of {instrument_photos} instrument photos called '{NONE}' ({:.1}%)",
+                called_none as f64 * 100.0 / instrument_photos as f64
+            )?;
         }
         for (l, v) in &per_class {
             let acc = v["accuracy"].as_f64().unwrap_or(0.0);
             if acc < 1.0 {
                 let k = index[l];
-                let confused: Vec<String> = confusion[k].iter().enumerate()
+                let confused: Vec<String> = confusion[k]
+                    .iter()
+                    .enumerate()
                     .filter(|(j, c)| *j != k && **c > 0)
-                    .map(|(j, c)| format!("{} as {}", c, labels[j])).collect();
+                    .map(|(j, c)| format!("{} as {}", c, labels[j]))
+                    .collect();
                 writeln!(out, "  {l:<14} {:>5.1}%  ({})", acc * 100.0, confused.join(", "))?;
             }
         }

@@ -19,7 +19,8 @@
 use anyhow::{Context, Result, bail};
 use std::ffi::OsString;
 
-const SUBCOMMANDS: &[&str] = &["watch", "query", "stats", "classify", "evaluate", "reclassify", "report", "status", "quantize"];
+const SUBCOMMANDS: &[&str] =
+    &["watch", "query", "stats", "classify", "evaluate", "reclassify", "report", "status", "quantize"];
 
 /// Rewrites argv, inserting the config file's settings for the subcommand.
 pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
@@ -41,7 +42,8 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(config) = config else { return Ok(args) };
     let text = std::fs::read_to_string(&config)
         .with_context(|| format!("cannot read config file {}", config.to_string_lossy()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("config file {} is not valid TOML", config.to_string_lossy()))?;
+    let table: toml::Table =
+        text.parse().with_context(|| format!("config file {} is not valid TOML", config.to_string_lossy()))?;
     let section = if sub == "watch" {
         table.iter().filter(|(_, v)| !v.is_table()).map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
     } else {

@@ -66,7 +66,9 @@ pub fn run(a: QuantizeArgs) -> Result<ExitCode> {
     let started = Instant::now();
     eprintln!("calibrating {} activations on {} images (fp32 model, tract)...", names.len(), images.len());
     let ranges = quantize::calibrate(&model, &images, &names, |_, _| {}).map_err(|e| match e {
-        QuantizeError::NoImages(why) => anyhow::anyhow!("no usable calibration images under {}: {why}", a.calibration.display()),
+        QuantizeError::NoImages(why) => {
+            anyhow::anyhow!("no usable calibration images under {}: {why}", a.calibration.display())
+        }
         other => anyhow::Error::new(other),
     })?;
     let mut extra = BTreeMap::new();
@@ -94,7 +96,9 @@ pub fn run(a: QuantizeArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     match options.gemm_route_min_channels {
-        Some(m) => eprintln!("{} 1x1 convs with >= {m} input channels routed to the int8 GEMM (AMX)", report.gemm_routed),
+        Some(m) => {
+            eprintln!("{} 1x1 convs with >= {m} input channels routed to the int8 GEMM (AMX)", report.gemm_routed)
+        }
         None => eprintln!("no conv routed to the int8 GEMM (--amx off, or no AMX-INT8 on this CPU)"),
     }
     for s in &report.skipped_weights {

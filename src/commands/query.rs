@@ -110,7 +110,17 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
-            w.write_record(["path", "status", "label", "confidence", "error_kind", "error", "model_sha256", "backend", "classified_at"])?;
+            w.write_record([
+                "path",
+                "status",
+                "label",
+                "confidence",
+                "error_kind",
+                "error",
+                "model_sha256",
+                "backend",
+                "classified_at",
+            ])?;
             for r in &rows {
                 w.write_record([
                     csv_safe(&r.path),
@@ -157,18 +167,25 @@ pub fn stats(a: StatsArgs) -> Result<ExitCode> {
     let s = query::summary(&store, a.min_confidence)?;
     let mut out = std::io::stdout().lock();
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &serde_json::json!({
-            "files": s.files, "ok": s.ok, "errors": s.errors, "deleted": s.deleted,
-            "distinct_contents": s.distinct_contents,
-            "labels": s.labels.iter().map(|(l, n)| serde_json::json!({"label": l, "count": n})).collect::<Vec<_>>(),
-            "error_kinds": s.error_kinds.iter().map(|(k, n)| serde_json::json!({"kind": k, "count": n})).collect::<Vec<_>>(),
-            "models": s.models,
-            "backends": s.backends.iter().map(|(b, n)| serde_json::json!({"backend": b, "count": n})).collect::<Vec<_>>(),
-        }))?;
+        serde_json::to_writer_pretty(
+            &mut out,
+            &serde_json::json!({
+                "files": s.files, "ok": s.ok, "errors": s.errors, "deleted": s.deleted,
+                "distinct_contents": s.distinct_contents,
+                "labels": s.labels.iter().map(|(l, n)| serde_json::json!({"label": l, "count": n})).collect::<Vec<_>>(),
+                "error_kinds": s.error_kinds.iter().map(|(k, n)| serde_json::json!({"kind": k, "count": n})).collect::<Vec<_>>(),
+                "models": s.models,
+                "backends": s.backends.iter().map(|(b, n)| serde_json::json!({"backend": b, "count": n})).collect::<Vec<_>>(),
+            }),
+        )?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    writeln!(out, "{} files: {} classified, {} errors ({} deleted files not counted)", s.files, s.ok, s.errors, s.deleted)?;
+    writeln!(
+        out,
+        "{} files: {} classified, {} errors ({} deleted files not counted)",
+        s.files, s.ok, s.errors, s.deleted
+    )?;
     if !s.labels.is_empty() {
         writeln!(out, "\nby label:")?;
         for (l, n) in &s.labels {
@@ -184,7 +201,13 @@ pub fn stats(a: StatsArgs) -> Result<ExitCode> {
     if !s.models.is_empty() {
         writeln!(out, "\nmodels:")?;
         for m in &s.models {
-            writeln!(out, "  {}  {}  {} predictions", &m.sha256[..12.min(m.sha256.len())], terminal_safe(&m.name), m.predictions)?;
+            writeln!(
+                out,
+                "  {}  {}  {} predictions",
+                &m.sha256[..12.min(m.sha256.len())],
+                terminal_safe(&m.name),
+                m.predictions
+            )?;
         }
     }
     if !s.backends.is_empty() {

@@ -37,9 +37,8 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     let mut store = Store::open_rw(&a.db).with_context(|| format!("cannot open {}", a.db.display()))?;
     store.register_model(&model)?;
     // One present path per content is enough to classify it; all its paths share the result.
-    let mut sql = String::from(
-        "SELECT content_hash, path, size, mtime_ns, model_sha256 FROM results WHERE status = 'ok'",
-    );
+    let mut sql =
+        String::from("SELECT content_hash, path, size, mtime_ns, model_sha256 FROM results WHERE status = 'ok'");
     let mut args: Vec<String> = Vec::new();
     if a.stale {
         sql.push_str(" AND model_sha256 IS NOT ?");

@@ -40,16 +40,31 @@ pub fn run(a: StatusArgs) -> Result<ExitCode> {
     writeln!(out, "instrument-detector pid {} running since {}", r.pid, r.started_at)?;
     writeln!(out, "  folder   {}", terminal_safe(&r.folder))?;
     writeln!(out, "  database {}", terminal_safe(&r.db))?;
-    writeln!(out, "  model    {} ({}), backend {}", terminal_safe(&r.model), &r.model_sha256[..12.min(r.model_sha256.len())], r.backend)?;
-    writeln!(out, "  files    {} seen, {} recorded ok, {} failed; {} contents classified", r.files_seen, r.files_recorded, r.files_failed, r.contents_classified)?;
+    writeln!(
+        out,
+        "  model    {} ({}), backend {}",
+        terminal_safe(&r.model),
+        &r.model_sha256[..12.min(r.model_sha256.len())],
+        r.backend
+    )?;
+    writeln!(
+        out,
+        "  files    {} seen, {} recorded ok, {} failed; {} contents classified",
+        r.files_seen, r.files_recorded, r.files_failed, r.contents_classified
+    )?;
     for (k, v) in &r.errors_by_kind {
         writeln!(out, "           {v} {k}")?;
     }
     if r.files_resettled > 0 {
         writeln!(out, "           {} changed while being classified and were settled again", r.files_resettled)?;
     }
-    writeln!(out, "  queues   intake {}, workers {}, batcher {}, writer {}", r.queue_intake, r.queue_workers, r.queue_batcher, r.queue_writer)?;
-    writeln!(out, 
+    writeln!(
+        out,
+        "  queues   intake {}, workers {}, batcher {}, writer {}",
+        r.queue_intake, r.queue_workers, r.queue_batcher, r.queue_writer
+    )?;
+    writeln!(
+        out,
         "  speed    {} batches, mean batch {:.1}, decode {:.1} ms/image, inference {:.1} ms/batch",
         r.batches, r.mean_batch_size, r.mean_decode_ms, r.mean_inference_ms_per_batch
     )?;

@@ -148,7 +148,11 @@ impl Monitor {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };
         counter("instrument_detector_files_seen_total", "Files offered to the settle stage.", r.files_seen);
-        counter("instrument_detector_contents_classified_total", "Distinct contents run through the model.", r.contents_classified);
+        counter(
+            "instrument_detector_contents_classified_total",
+            "Distinct contents run through the model.",
+            r.contents_classified,
+        );
         counter("instrument_detector_files_recorded_total", "File rows written as ok.", r.files_recorded);
         counter("instrument_detector_batches_total", "Inference batches run.", r.batches);
         counter(
@@ -156,16 +160,31 @@ impl Monitor {
             "Files dispatched on close whose result was dropped because they changed before the settle interval ended.",
             r.files_resettled,
         );
-        let _ = writeln!(out, "# HELP instrument_detector_files_failed_total Files recorded as errors, by kind.\n# TYPE instrument_detector_files_failed_total counter");
+        let _ = writeln!(
+            out,
+            "# HELP instrument_detector_files_failed_total Files recorded as errors, by kind.\n# TYPE instrument_detector_files_failed_total counter"
+        );
         for (k, v) in &r.errors_by_kind {
             let _ = writeln!(out, "instrument_detector_files_failed_total{{kind=\"{k}\"}} {v}");
         }
-        let _ = writeln!(out, "# HELP instrument_detector_queue_depth Items waiting in each queue.\n# TYPE instrument_detector_queue_depth gauge");
-        for (q, v) in [("intake", r.queue_intake), ("workers", r.queue_workers), ("batcher", r.queue_batcher), ("writer", r.queue_writer)] {
+        let _ = writeln!(
+            out,
+            "# HELP instrument_detector_queue_depth Items waiting in each queue.\n# TYPE instrument_detector_queue_depth gauge"
+        );
+        for (q, v) in [
+            ("intake", r.queue_intake),
+            ("workers", r.queue_workers),
+            ("batcher", r.queue_batcher),
+            ("writer", r.queue_writer),
+        ] {
             let _ = writeln!(out, "instrument_detector_queue_depth{{queue=\"{q}\"}} {v}");
         }
         s.batch_sizes.render("instrument_detector_batch_size", "Images per inference batch.", &mut out);
-        s.decode_seconds.render("instrument_detector_decode_seconds", "Read, decode and preprocess time per image.", &mut out);
+        s.decode_seconds.render(
+            "instrument_detector_decode_seconds",
+            "Read, decode and preprocess time per image.",
+            &mut out,
+        );
         s.infer_seconds.render("instrument_detector_inference_seconds", "Inference time per batch.", &mut out);
         let _ = writeln!(
             out,

@@ -315,11 +315,9 @@ pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<
         swap_txs.push(swap_tx);
         let (shared, model, write_tx, job_rx) = (shared.clone(), model.clone(), write_tx.clone(), job_rx.clone());
         let wait = cfg.batch_wait;
-        batchers.push(
-            std::thread::Builder::new().name(format!("batcher-{i}")).spawn(move || {
-                pipeline::batcher_loop(shared, model, piece, per_batcher, wait, job_rx, write_tx, swap_rx)
-            })?,
-        );
+        batchers.push(std::thread::Builder::new().name(format!("batcher-{i}")).spawn(move || {
+            pipeline::batcher_loop(shared, model, piece, per_batcher, wait, job_rx, write_tx, swap_rx)
+        })?);
     }
     drop(job_rx);
     let reload_task = tokio::spawn(watch_model(cfg.clone(), shared.clone(), swap_txs));
@@ -431,7 +429,11 @@ type Replacement = (Arc<LoadedModel>, Vec<Box<dyn engine::Classifier>>);
 /// A new model is loaded, validated and opened on the same backend choice off
 /// the pipeline; only a model that passes all of that reaches the batcher, so
 /// a broken file is refused and the old model stays.
-async fn watch_model(cfg: WatchConfig, shared: Arc<Shared>, swaps: Vec<crossbeam_channel::Sender<pipeline::ModelSwap>>) {
+async fn watch_model(
+    cfg: WatchConfig,
+    shared: Arc<Shared>,
+    swaps: Vec<crossbeam_channel::Sender<pipeline::ModelSwap>>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
@@ -641,7 +643,8 @@ impl Intake {
         if p.file_name().is_some_and(scan::is_ignored_name) || in_ignored_dir(&self.root, &p) {
             return;
         }
-        let Ok(meta) = (if self.cfg.follow_symlinks { std::fs::metadata(&p) } else { std::fs::symlink_metadata(&p) }) else {
+        let Ok(meta) = (if self.cfg.follow_symlinks { std::fs::metadata(&p) } else { std::fs::symlink_metadata(&p) })
+        else {
             return;
         };
         if meta.is_dir() {
@@ -666,7 +669,10 @@ impl Intake {
             settler.remove(&p);
             ready.push_back(Work { path: p, gate: Some(Gate { due: now + self.cfg.settle, look }) });
         } else {
-            tracing::debug!("{}: {early} files already wait for their settle interval (--queue): this one settles first", path_text(&p));
+            tracing::debug!(
+                "{}: {early} files already wait for their settle interval (--queue): this one settles first",
+                path_text(&p)
+            );
             settler.offer(p, Some(look), now);
         }
     }
@@ -678,7 +684,8 @@ impl Intake {
             return;
         }
         let text = path_text(&p);
-        let _ = self.write_tx.send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: text }, Vec::new(), None)]));
+        let _ =
+            self.write_tx.send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: text }, Vec::new(), None)]));
         // If it was a folder, its files are found gone by a reconcile.
         if !self.start_scan(self.root.clone(), scanning, true) {
             self.shared.rescan.store(true, Ordering::SeqCst);
@@ -812,7 +819,10 @@ fn reconcile(
             let path = PathBuf::from(&p);
             if std::fs::symlink_metadata(&path).is_err() && std::fs::symlink_metadata(unescape(&p)).is_err() {
                 deleted += 1;
-                if write_tx.send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: p }, Vec::new(), None)])).is_err() {
+                if write_tx
+                    .send(WriteMsg::Outcomes(vec![Item::new(Outcome::Deleted { path: p }, Vec::new(), None)]))
+                    .is_err()
+                {
                     return Ok(());
                 }
             }

@@ -21,11 +21,11 @@
 //! of being classified again.
 
 use super::Shared;
+use super::settle::Observation;
 use crate::engine::Classifier;
 use crate::model::LoadedModel;
 use crate::predict::top_k;
 use crate::preprocess::{DecodeLimits, preprocess_bytes};
-use super::settle::Observation;
 use crate::store::{FileMeta, Outcome, PredictionRow, Store, path_text};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::HashMap;
@@ -179,7 +179,12 @@ fn process(
     }
     if meta.len() > ctx.limits.max_file_bytes {
         let message = format!("file is {} bytes, over the limit of {} bytes", meta.len(), ctx.limits.max_file_bytes);
-        send_write(writes, Outcome::Failed { file, content_hash: None, kind: "too_large".into(), message }, vec![path.into()], gate);
+        send_write(
+            writes,
+            Outcome::Failed { file, content_hash: None, kind: "too_large".into(), message },
+            vec![path.into()],
+            gate,
+        );
         return Ok(());
     }
     let bytes = match std::fs::read(path) {
@@ -190,7 +195,12 @@ fn process(
         }
         Err(e) => {
             let message = format!("cannot read the file: {e}");
-            send_write(writes, Outcome::Failed { file, content_hash: None, kind: "unreadable".into(), message }, vec![path.into()], gate);
+            send_write(
+                writes,
+                Outcome::Failed { file, content_hash: None, kind: "unreadable".into(), message },
+                vec![path.into()],
+                gate,
+            );
             return Ok(());
         }
     };
@@ -228,7 +238,14 @@ fn process(
     drop(bytes);
     match decoded {
         Ok(()) => {
-            let job = Job { path: path.to_path_buf(), gate, file, hash: hash.clone(), tensor, model_sha256: model.sha256.clone() };
+            let job = Job {
+                path: path.to_path_buf(),
+                gate,
+                file,
+                hash: hash.clone(),
+                tensor,
+                model_sha256: model.sha256.clone(),
+            };
             if jobs.send(job).is_err() {
                 // Shutting down: leave the file for the next start.
                 let waiters = shared.forget_hash(&hash);
@@ -580,8 +597,12 @@ fn commit_with_retry(shared: &Shared, store: &mut Store, items: Vec<Item>) -> Ve
                 // retries would fill the freed space with WAL frames that no automatic
                 // checkpoint ever copies out (it waits for 1000 pages).
                 match store.checkpoint_truncate() {
-                    Ok(true) => tracing::info!("database checkpointed: the write-ahead log was copied into the database and truncated"),
-                    Ok(false) => tracing::warn!("database checkpoint could not finish (a reader holds old frames); retrying the write anyway"),
+                    Ok(true) => tracing::info!(
+                        "database checkpointed: the write-ahead log was copied into the database and truncated"
+                    ),
+                    Ok(false) => tracing::warn!(
+                        "database checkpoint could not finish (a reader holds old frames); retrying the write anyway"
+                    ),
                     Err(e) => tracing::warn!("database checkpoint failed: {e}"),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -173,7 +173,8 @@ pub fn open(
         });
         match attempt {
             Ok(engine) => {
-                let checked: Box<dyn Classifier> = Box::new(Checked { inner: engine, width: model.spec.output_width() });
+                let checked: Box<dyn Classifier> =
+                    Box::new(Checked { inner: engine, width: model.spec.output_width() });
                 return Ok((checked, fallbacks));
             }
             Err(e) => {
@@ -235,7 +236,11 @@ impl Classifier for Checked {
     }
 }
 
-fn open_one(model: &LoadedModel, backend: Backend, options: &EngineOptions) -> Result<Box<dyn Classifier>, EngineError> {
+fn open_one(
+    model: &LoadedModel,
+    backend: Backend,
+    options: &EngineOptions,
+) -> Result<Box<dyn Classifier>, EngineError> {
     match backend {
         Backend::Tract => Ok(Box::new(tract_backend::TractClassifier::new(model, options)?)),
         Backend::OrtCpu => Ok(Box::new(ort_backend::OrtClassifier::new(model, options, false)?)),

@@ -419,12 +419,14 @@ fn run_lane(
     // A standard-layout view is handed to ONNX Runtime as it is (no copy);
     // anything else is made contiguous once.
     let contiguous = batch.as_standard_layout();
-    let input = TensorRef::from_array_view(contiguous.view()).map_err(|e| err(format!("cannot wrap the batch: {e}")))?;
+    let input =
+        TensorRef::from_array_view(contiguous.view()).map_err(|e| err(format!("cannot wrap the batch: {e}")))?;
     let outputs = lane
         .session
         .run_with_options(ort::inputs![input_name => input], &lane.run_options)
         .map_err(|e| err(e.to_string()))?;
-    let value = outputs.get(output_name).ok_or_else(|| err(format!("ONNX Runtime returned no '{output_name}' output")))?;
+    let value =
+        outputs.get(output_name).ok_or_else(|| err(format!("ONNX Runtime returned no '{output_name}' output")))?;
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| err(format!("output '{output_name}': {e}")))?;
     let dims: Vec<i64> = shape.iter().copied().collect();
     if dims.first().copied() != Some(rows as i64) {

@@ -134,13 +134,18 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_path_buf()));
         }
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
         conn.busy_timeout(Duration::from_secs(30))?;
         let store = Store { conn, path: path.to_path_buf() };
         let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > schema::latest_version() {
-            return Err(StoreError::TooNew { path: path.to_path_buf(), found: version, supported: schema::latest_version() });
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: schema::latest_version(),
+            });
         }
         Ok(store)
     }
@@ -221,9 +226,8 @@ impl Store {
     }
 
     pub fn file_state(&self, path: &str) -> Result<Option<FileState>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT content_hash, size, mtime_ns, status FROM files WHERE path = ?1")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT content_hash, size, mtime_ns, status FROM files WHERE path = ?1")?;
         Ok(stmt
             .query_row([path], |r| {
                 Ok(FileState { content_hash: r.get(0)?, size: r.get(1)?, mtime_ns: r.get(2)?, status: r.get(3)? })
@@ -232,18 +236,17 @@ impl Store {
     }
 
     pub fn has_prediction(&self, content_hash: &str, model_sha256: &str) -> Result<bool, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT 1 FROM predictions WHERE content_hash = ?1 AND model_sha256 = ?2")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT 1 FROM predictions WHERE content_hash = ?1 AND model_sha256 = ?2")?;
         Ok(stmt.exists(params![content_hash, model_sha256])?)
     }
 
     /// Paths under `root` the store believes exist (for deletion checks).
     pub fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
         let prefix = if root.ends_with('/') { root.to_string() } else { format!("{root}/") };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT path FROM files WHERE status <> 'deleted' AND substr(path, 1, length(?1)) = ?1",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM files WHERE status <> 'deleted' AND substr(path, 1, length(?1)) = ?1")?;
         let rows = stmt.query_map([prefix], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -276,7 +279,11 @@ impl Store {
             for outcome in outcomes {
                 match outcome {
                     Outcome::Classified { prediction, files } => {
-                        let top = prediction.top5.first().cloned().unwrap_or(Scored { label: String::new(), confidence: 0.0 });
+                        let top = prediction
+                            .top5
+                            .first()
+                            .cloned()
+                            .unwrap_or(Scored { label: String::new(), confidence: 0.0 });
                         insert_prediction.execute(params![
                             prediction.content_hash,
                             prediction.model_sha256,
@@ -288,14 +295,32 @@ impl Store {
                             now
                         ])?;
                         for f in files {
-                            upsert_file.execute(params![f.path, prediction.content_hash, f.size, f.mtime_ns, "ok", ok, ok, now])?;
+                            upsert_file.execute(params![
+                                f.path,
+                                prediction.content_hash,
+                                f.size,
+                                f.mtime_ns,
+                                "ok",
+                                ok,
+                                ok,
+                                now
+                            ])?;
                         }
                     }
                     Outcome::Known { content_hash, file: f } => {
                         upsert_file.execute(params![f.path, content_hash, f.size, f.mtime_ns, "ok", ok, ok, now])?;
                     }
                     Outcome::Failed { file: f, content_hash, kind, message } => {
-                        upsert_file.execute(params![f.path, content_hash, f.size, f.mtime_ns, "error", kind, message, now])?;
+                        upsert_file.execute(params![
+                            f.path,
+                            content_hash,
+                            f.size,
+                            f.mtime_ns,
+                            "error",
+                            kind,
+                            message,
+                            now
+                        ])?;
                     }
                     Outcome::Deleted { path } => {
                         delete_file.execute(params![path, now])?;
@@ -343,7 +368,12 @@ mod tests {
         store
             .commit(&[
                 Outcome::Classified { prediction: pred, files: vec![meta("/w/a.jpg"), meta("/w/b.jpg")] },
-                Outcome::Failed { file: meta("/w/bad.jpg"), content_hash: None, kind: "empty".into(), message: "the file is empty".into() },
+                Outcome::Failed {
+                    file: meta("/w/bad.jpg"),
+                    content_hash: None,
+                    kind: "empty".into(),
+                    message: "the file is empty".into(),
+                },
             ])
             .unwrap();
         store.commit(&[Outcome::Deleted { path: "/w/b.jpg".into() }]).unwrap();
@@ -360,10 +390,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             rows,
-            vec![
-                ("/w/a.jpg".into(), "ok".into(), Some("violin".into())),
-                ("/w/bad.jpg".into(), "error".into(), None)
-            ]
+            vec![("/w/a.jpg".into(), "ok".into(), Some("violin".into())), ("/w/bad.jpg".into(), "error".into(), None)]
         );
         assert!(store.has_prediction("h1", "m").unwrap());
         assert_eq!(store.live_paths_under("/w").unwrap().len(), 2);

@@ -127,7 +127,8 @@ pub struct ModelUse {
 
 pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, StoreError> {
     let c = store.conn();
-    let one = |sql: &str| -> Result<u64, rusqlite::Error> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64) };
+    let one =
+        |sql: &str| -> Result<u64, rusqlite::Error> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64) };
     let pairs = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<Vec<(String, u64)>, rusqlite::Error> {
         let mut stmt = c.prepare(sql)?;
         let rows = stmt.query_map(args, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
