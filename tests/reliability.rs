@@ -63,7 +63,7 @@ fn spawn_cmd(s: &Setup, wrapper: Option<&[&str]>, dir: &Path, db: &Path, args: &
 }
 
 /// Whether this machine lets us make a user namespace with its own inotify
-/// limit (says so on stderr when it does not, and the test then skips).
+/// limit (when it does not, the test skips locally and fails in CI).
 fn private_inotify_limits() -> bool {
     let probe = Command::new("unshare")
         .args(["-U", "-r", "sh", "-c", "echo 2 > /proc/sys/user/max_inotify_watches"])
@@ -71,7 +71,7 @@ fn private_inotify_limits() -> bool {
         .status();
     let ok = probe.is_ok_and(|st| st.success());
     if !ok {
-        eprintln!("SKIPPED: cannot create a user namespace with its own inotify limit here (unshare -U not permitted)");
+        skip_or_fail_in_ci("cannot create a user namespace with its own inotify limit here (unshare -U not permitted)");
     }
     ok
 }
@@ -792,8 +792,8 @@ fn a_read_only_database_folder_is_refused_clearly() {
         std::fs::create_dir_all(&ro).unwrap();
         std::fs::set_permissions(&ro, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
     } else {
-        eprintln!(
-            "SKIPPED: running as root without permission to mount a read-only tmpfs; a read-only folder cannot be made"
+        skip_or_fail_in_ci(
+            "running as root without permission to mount a read-only tmpfs; a read-only folder cannot be made",
         );
         return;
     }
@@ -813,8 +813,8 @@ fn disk_full_pauses_writes_corrupts_nothing_and_resumes() {
     let s = Setup::new();
     let dbdir = s.tmp.path().join("small-disk");
     if !try_tmpfs(&dbdir, "size=3m") {
-        eprintln!(
-            "SKIPPED: cannot mount a tmpfs here (not root / no CAP_SYS_ADMIN); run the soak as root for this test"
+        skip_or_fail_in_ci(
+            "cannot mount a tmpfs here (not root / no CAP_SYS_ADMIN); run the soak as root for this test",
         );
         return;
     }

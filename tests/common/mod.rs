@@ -163,3 +163,14 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
 pub fn is_settled(path: &Path) -> bool {
     path.exists()
 }
+
+/// A test that cannot run on this machine (no root, no tmpfs, no browser).
+/// Locally it says so loudly and the caller returns; in CI (`CI` set to
+/// anything but `false`/`0`) it fails instead, so a skip never passes silently.
+pub fn skip_or_fail_in_ci(reason: &str) {
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if in_ci {
+        panic!("this test cannot run here, and CI must run it: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
