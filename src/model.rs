@@ -179,9 +179,7 @@ impl ModelSpec {
             return Judgement { probabilities, none: None };
         };
         let reading = ow.read(&self.labels, row);
-        // The rule reads the uncalibrated probability (see `open_world`).
-        let best = softmax(&reading.logits, 1.0).into_iter().fold(0.0, f32::max);
-        let none = ow.none_verdict(reading.instrument_mass, best);
+        let none = ow.verdict(&reading.logits, reading.instrument_mass);
         Judgement { probabilities: softmax(&reading.logits, self.temperature), none }
     }
 }

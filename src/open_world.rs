@@ -184,6 +184,15 @@ impl OpenWorld {
     }
 
     /// `Some(confidence)` when the photo shows no instrument.
+    /// The rule on one read row: `combined` logits (see [`Reading`]) and the
+    /// ImageNet instrument mass. It reads the uncalibrated probability, at
+    /// temperature 1, so that refitting the model's temperature never moves it.
+    pub fn verdict(&self, combined: &[f32], instrument_mass: f32) -> Option<f32> {
+        let best = crate::model::softmax(combined, 1.0).into_iter().fold(0.0, f32::max);
+        self.none_verdict(instrument_mass, best)
+    }
+
+    /// The rule on its two numbers.
     pub fn none_verdict(&self, instrument_mass: f32, best_probability: f32) -> Option<f32> {
         let rule = self.none_rule;
         (instrument_mass < rule.max_instrument_mass && best_probability < rule.max_confidence)

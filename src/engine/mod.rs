@@ -7,7 +7,8 @@
 //! named backend is that backend or an error, never a quiet substitute.
 //!
 //! Every engine is checked when it is opened, not at the first photo: one dry
-//! run on a zero image must return exactly one row as wide as the label list.
+//! run on two zero images must return one row per image, as wide as the model
+//! declares; and on every batch after that (see `Checked`).
 
 pub mod ort_backend;
 pub mod tract_backend;
@@ -117,27 +118,6 @@ pub fn physical_cores() -> usize {
     seen.len().clamp(1, logical)
 }
 
-/// Checks a freshly opened engine with one dry run, so a model whose output
-/// does not match its labels is refused at start-up with a clear reason. The
-/// batch is 2, not 1: a graph that collapses the batch axis passes a batch of 1.
-fn dry_run(engine: &mut dyn Classifier, model: &LoadedModel) -> Result<(), EngineError> {
-    let size = model.spec.preprocess.size as usize;
-    let zeros = ndarray::Array4::<f32>::zeros((2, 3, size, size));
-    let out = engine.run(zeros.view())?;
-    let width = model.spec.output_width();
-    if out.shape() != [2, width] {
-        return Err(EngineError::Model {
-            backend: engine.backend(),
-            reason: format!(
-                "a batch of 2 produced output shape {:?}, expected [2, {width}] (one row per image, one score per label{})",
-                out.shape(),
-                if model.spec.open_world.is_some() { ", then the ImageNet logits" } else { "" }
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// Whether the machine has an NVIDIA GPU the driver knows of (its device
 /// nodes or the driver's proc entry), whether or not CUDA works on it.
 fn gpu_present() -> bool {
@@ -167,16 +147,13 @@ pub fn open(
     let mut fallbacks = Vec::new();
     let mut last_err = None;
     for &backend in order {
-        let attempt = open_one(model, backend, options).and_then(|mut engine| {
-            dry_run(engine.as_mut(), model)?;
-            Ok(engine)
+        let attempt = open_one(model, backend, options).and_then(|engine| {
+            let mut checked = Checked::new(engine, model);
+            checked.dry_run(model.spec.preprocess.size as usize)?;
+            Ok(checked)
         });
         match attempt {
-            Ok(engine) => {
-                let checked: Box<dyn Classifier> =
-                    Box::new(Checked { inner: engine, width: model.spec.output_width() });
-                return Ok((checked, fallbacks));
-            }
+            Ok(checked) => return Ok((Box::new(checked), fallbacks)),
             Err(e) => {
                 if choice == BackendChoice::Auto && backend != Backend::Tract {
                     // No GPU at all is the expected case on most machines: say
@@ -203,6 +180,44 @@ pub fn open(
 struct Checked {
     inner: Box<dyn Classifier>,
     width: usize,
+    /// What a row holds, for the message.
+    row: &'static str,
+}
+
+impl Checked {
+    fn new(inner: Box<dyn Classifier>, model: &LoadedModel) -> Checked {
+        let row = if model.spec.open_world.is_some() {
+            "one score per label, then the ImageNet logits"
+        } else {
+            "one score per label"
+        };
+        Checked { inner, width: model.spec.output_width(), row }
+    }
+
+    /// Why `out` is not the answer to a batch of `rows` images, if it is not.
+    fn shape_problem(&self, rows: usize, out: &Array2<f32>) -> Option<String> {
+        (out.shape() != [rows, self.width]).then(|| {
+            format!(
+                "a batch of {rows} produced output shape {:?}, expected [{rows}, {}] (one row per image, {})",
+                out.shape(),
+                self.width,
+                self.row
+            )
+        })
+    }
+
+    /// One run at start-up on zero images, so a model whose output does not
+    /// fit its labels is refused with a clear reason before the first photo.
+    /// The batch is 2, not 1: a graph that collapses the batch axis passes a
+    /// batch of 1.
+    fn dry_run(&mut self, size: usize) -> Result<(), EngineError> {
+        let zeros = ndarray::Array4::<f32>::zeros((2, 3, size, size));
+        let out = self.inner.run(zeros.view())?;
+        match self.shape_problem(2, &out) {
+            Some(reason) => Err(EngineError::Model { backend: self.inner.backend(), reason }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Classifier for Checked {
@@ -217,22 +232,19 @@ impl Classifier for Checked {
     fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
         let rows = batch.shape()[0];
         let out = self.inner.run(batch)?;
-        if out.shape() != [rows, self.width] {
-            return Err(EngineError::Inference {
-                backend: self.inner.backend(),
-                reason: format!(
-                    "a batch of {rows} produced output shape {:?}, expected [{rows}, {}]",
-                    out.shape(),
-                    self.width
-                ),
-            });
+        match self.shape_problem(rows, &out) {
+            Some(reason) => Err(EngineError::Inference { backend: self.inner.backend(), reason }),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
-        let width = self.width;
-        self.inner.split().into_iter().map(|inner| Box::new(Checked { inner, width }) as Box<dyn Classifier>).collect()
+        let (width, row) = (self.width, self.row);
+        self.inner
+            .split()
+            .into_iter()
+            .map(|inner| Box::new(Checked { inner, width, row }) as Box<dyn Classifier>)
+            .collect()
     }
 }
 

@@ -11,7 +11,7 @@
 //! The heads cost almost nothing: they share the frozen features the real
 //! head trains on, which are the expensive part.
 
-use crate::imagenet::Expert;
+use crate::imagenet::{Expert, drift};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
 
@@ -105,11 +105,7 @@ impl CrossFit {
                 self.label_smoothing,
             );
             if self.l2sp > 0.0 {
-                let mut drift = (&head.ws - &self.anchor.0).square().sum(Kind::Float);
-                if let Some(b) = &head.bs {
-                    drift += (b - &self.anchor.1).square().sum(Kind::Float);
-                }
-                loss += drift * self.l2sp;
+                loss += drift(&head.ws, head.bs.as_ref(), &self.anchor) * self.l2sp;
             }
         }
         self.opt.zero_grad();

@@ -478,11 +478,16 @@ fn in_a_scene(img: &RgbImage, rng: &mut Rng) -> RgbImage {
     let f = rng.range(0.3, 0.65);
     let fw = ((w as f32 * f * rng.range(0.85, 1.15)) as u32).clamp(1, w);
     let fh = ((h as f32 * f * rng.range(0.85, 1.15)) as u32).clamp(1, h);
-    let fg = resize_rgb(img, fw, fh, None);
-    let x0 = rng.below((w - fw) as usize + 1) as u32;
-    let y0 = rng.below((h - fh) as usize + 1) as u32;
-    paste(&mut bg, &fg, x0, y0);
+    paste_shrunk(&mut bg, img, fw, fh, rng);
     bg
+}
+
+/// `img` shrunk to `fw`x`fh` and pasted at a random place on `bg`.
+fn paste_shrunk(bg: &mut RgbImage, img: &RgbImage, fw: u32, fh: u32, rng: &mut Rng) {
+    let fg = resize_rgb(img, fw.max(1), fh.max(1), None);
+    let x0 = rng.below((bg.width() - fw) as usize + 1) as u32;
+    let y0 = rng.below((bg.height() - fh) as usize + 1) as u32;
+    paste(bg, &fg, x0, y0);
 }
 
 fn paste(bg: &mut RgbImage, fg: &RgbImage, x0: u32, y0: u32) {
@@ -549,10 +554,7 @@ pub fn hard_variant(img: &RgbImage, variant: usize, rng: &mut Rng) -> RgbImage {
             let mut bg = clutter(w, h, rng);
             let s = rng.range(0.35, 0.55);
             let (fw, fh) = (((w as f32) * s) as u32, ((h as f32) * s) as u32);
-            let fg = resize_rgb(img, fw.max(1), fh.max(1), None);
-            let x0 = rng.below((w - fw) as usize + 1) as u32;
-            let y0 = rng.below((h - fh) as usize + 1) as u32;
-            paste(&mut bg, &fg, x0, y0);
+            paste_shrunk(&mut bg, img, fw, fh, rng);
             bg
         }
         _ => {
@@ -560,13 +562,7 @@ pub fn hard_variant(img: &RgbImage, variant: usize, rng: &mut Rng) -> RgbImage {
             let mut bg = RgbImage::from_pixel(w, h, image::Rgb([200, 196, 190]));
             let s = rng.range(0.5, 0.7);
             let (fw, fh) = (((w as f32) * s) as u32, ((h as f32) * s) as u32);
-            let fg = resize_rgb(img, fw.max(1), fh.max(1), None);
-            paste(
-                &mut bg,
-                &fg,
-                rng.below((w - fw) as usize + 1) as u32,
-                rng.below((h - fh) as usize + 1) as u32,
-            );
+            paste_shrunk(&mut bg, img, fw, fh, rng);
             bg
         }
     }

@@ -221,7 +221,7 @@ impl Predictions {
     }
 
     /// Which items the "no instrument" rule calls `none` (all false for a
-    /// model without the rule). The rule reads probabilities at temperature 1.
+    /// model without the rule): the daemon's own [`OpenWorld::verdict`].
     pub fn called_none(&self, open_world: Option<&OpenWorld>) -> Vec<bool> {
         let Some(ow) = open_world else {
             return vec![false; self.logits.len()];
@@ -229,11 +229,7 @@ impl Predictions {
         self.logits
             .iter()
             .zip(&self.instrument_mass)
-            .map(|(row, &mass)| {
-                let p = instrument_detector::model::softmax(row, 1.0);
-                let best = p.iter().copied().fold(0.0, f32::max);
-                ow.none_verdict(mass, best).is_some()
-            })
+            .map(|(row, &mass)| ow.verdict(row, mass).is_some())
             .collect()
     }
 

@@ -141,6 +141,16 @@ pub fn anchor_rows(
     (w, b)
 }
 
+/// L2-SP's penalty: the squared distance of a head (weight, bias) from its
+/// starting rows (`anchor_rows`), to be scaled by `--l2sp`.
+pub fn drift(w: &Tensor, b: Option<&Tensor>, anchor: &(Tensor, Tensor)) -> Tensor {
+    let mut d = (w - &anchor.0).square().sum(Kind::Float);
+    if let Some(b) = b {
+        d += (b - &anchor.1).square().sum(Kind::Float);
+    }
+    d
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

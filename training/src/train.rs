@@ -158,14 +158,14 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub open_world: bool,
     /// Weight of the ImageNet expert: combined = ours + W * ln q (see
-    /// `instrument_detector::open_world`). Used in the training loss too, so
-    /// our head learns what the ImageNet head does not already know.
+    /// `instrument_detector::open_world`). In the training loss only with
+    /// --expert-in-loss; otherwise the cross-fitted bias is fitted for it.
     #[arg(long, default_value_t = 0.5)]
     pub expert_weight: f64,
     /// `none` rule: the ImageNet probability on instrument classes must be below this...
     #[arg(long, default_value_t = 0.03)]
     pub none_max_mass: f64,
-    /// ...and the combined, calibrated best probability below this.
+    /// ...and the combined best probability, uncalibrated (at temperature 1), below this.
     #[arg(long, default_value_t = 0.9)]
     pub none_max_confidence: f64,
     /// Put the ImageNet expert into the training loss (our head then learns
@@ -721,13 +721,9 @@ pub fn run(args: TrainArgs) -> Result<FinalReport> {
                 -100,
                 args.label_smoothing,
             );
-            if let (Some((w0, b0)), true) = (&anchor, args.l2sp > 0.0) {
+            if let (Some(anchor), true) = (&anchor, args.l2sp > 0.0) {
                 let (w, b) = net.head_weights();
-                let mut drift = (w - w0).square().sum(Kind::Float);
-                if let Some(b) = b {
-                    drift += (b - b0).square().sum(Kind::Float);
-                }
-                loss += drift * args.l2sp;
+                loss += crate::imagenet::drift(w, b, anchor) * args.l2sp;
             }
             opt.zero_grad();
             loss.backward();
