@@ -7,8 +7,8 @@
 //! (`content-visibility: auto`), which keeps 10,000 photos fast.
 
 use crate::preprocess::{DecodeLimits, decode_rgb, resize_rgb};
-use crate::store::Store;
 use crate::store::query::{self, Filter, ResultRow};
+use crate::store::{Store, path_from_text};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ pub fn write(store: &Store, out: &Path, min_confidence: Option<f64>) -> anyhow::
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some((name, src)) = todo.get(i) else { break };
-                    match make_thumb(Path::new(src), &thumbs.join(name)) {
+                    match make_thumb(&path_from_text(src), &thumbs.join(name)) {
                         Ok(()) => {
                             made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }

@@ -10,7 +10,7 @@ use instrument_detector::batch::classify_paths;
 use instrument_detector::engine;
 use instrument_detector::model::LoadedModel;
 use instrument_detector::preprocess::DecodeLimits;
-use instrument_detector::store::{FileMeta, Outcome, PredictionRow, Store};
+use instrument_detector::store::{FileMeta, Outcome, PredictionRow, Store, path_from_text};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,7 +71,7 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     let (mut engine, _) = engine::open(&model, a.model.backend, &a.model.engine_options())?;
     let backend = engine.backend().as_str().to_string();
     let entries: Vec<(String, Vec<FileMeta>)> = by_hash.into_iter().collect();
-    let paths: Vec<PathBuf> = entries.iter().map(|(_, fs)| PathBuf::from(&fs[0].path)).collect();
+    let paths: Vec<PathBuf> = entries.iter().map(|(_, fs)| path_from_text(&fs[0].path)).collect();
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut outcomes = Vec::new();

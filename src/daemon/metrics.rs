@@ -2,16 +2,94 @@
 //! an optional local HTTP port) and for people (`instrument-detector status`,
 //! which reads the status file the daemon rewrites every two seconds).
 
-use super::Stats;
+use crate::store::Outcome;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Counters for logs, `status` and metrics. Each is written by one stage and
+/// read by the reporters; relaxed atomics suffice (no other memory depends on them).
+pub(crate) struct Stats {
+    /// Candidates held by the intake (settling + ready), set by its tick.
+    pub(crate) intake_depth: AtomicU64,
+    pub(crate) batch_sizes: Histogram,
+    pub(crate) decode_seconds: Histogram,
+    pub(crate) infer_seconds: Histogram,
+    /// Files offered to the settle stage.
+    pub(crate) seen: AtomicU64,
+    /// Files found already recorded as they are.
+    pub(crate) skipped: AtomicU64,
+    /// Files whose content the database already had a result for.
+    pub(crate) known: AtomicU64,
+    /// Distinct contents run through the model and committed.
+    pub(crate) classified: AtomicU64,
+    /// File rows written with a new result.
+    pub(crate) recorded: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    /// Files dispatched early whose result was dropped because they changed
+    /// before their settle interval ended.
+    pub(crate) resettled: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            intake_depth: AtomicU64::new(0),
+            batch_sizes: Histogram::new(BATCH_BUCKETS),
+            decode_seconds: Histogram::new(LATENCY_BUCKETS),
+            infer_seconds: Histogram::new(LATENCY_BUCKETS),
+            seen: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            known: AtomicU64::new(0),
+            classified: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            resettled: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Stats {
+    pub(crate) fn observe_decode(&self, took: Duration) {
+        self.decode_seconds.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn observe_batch(&self, images: usize, took: Duration) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.infer_seconds.observe(took.as_secs_f64());
+        self.batch_sizes.observe(images as f64);
+    }
+
+    /// Counts what a commit wrote.
+    pub(crate) fn count_committed(&self, outcomes: &[Outcome]) {
+        for o in outcomes {
+            match o {
+                Outcome::Classified { files, .. } => {
+                    self.classified.fetch_add(1, Ordering::Relaxed);
+                    self.recorded.fetch_add(files.len() as u64, Ordering::Relaxed);
+                }
+                Outcome::Failed { kind, .. } => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    let mut m = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+                    *m.entry(kind.clone()).or_default() += 1;
+                }
+                Outcome::Known { .. } | Outcome::Deleted { .. } => {}
+            }
+        }
+    }
+}
+
 /// A fixed-bucket histogram with atomic counters (cheap on the hot path).
-pub struct Histogram {
+pub(crate) struct Histogram {
     bounds: &'static [f64],
     counts: Vec<AtomicU64>,
     sum_micros: AtomicU64,
@@ -19,12 +97,12 @@ pub struct Histogram {
 }
 
 /// Latency buckets in seconds.
-pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 /// Batch-size buckets.
-pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+pub(crate) const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 impl Histogram {
-    pub fn new(bounds: &'static [f64]) -> Self {
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -33,7 +111,7 @@ impl Histogram {
         }
     }
 
-    pub fn observe(&self, v: f64) {
+    pub(crate) fn observe(&self, v: f64) {
         if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
             self.counts[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -54,7 +132,7 @@ impl Histogram {
         let _ = writeln!(out, "{name}_count {total}");
     }
 
-    pub fn mean(&self) -> f64 {
+    pub(crate) fn mean(&self) -> f64 {
         let n = self.total.load(Ordering::Relaxed);
         if n == 0 { 0.0 } else { self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6 / n as f64 }
     }
@@ -91,27 +169,30 @@ pub struct StatusReport {
 }
 
 /// Everything the reporters need, shared with the daemon.
-pub struct Monitor {
-    pub stats: Arc<super::Shared>,
-    pub started_at: String,
-    pub folder: PathBuf,
-    pub db: PathBuf,
-    pub queues: Queues,
+pub(crate) struct Monitor {
+    pub(crate) shared: Arc<super::Shared>,
+    pub(crate) started_at: String,
+    pub(crate) folder: PathBuf,
+    pub(crate) db: PathBuf,
+    pub(crate) queues: Queues,
 }
 
-/// Senders kept only to read queue lengths.
-pub struct Queues {
-    pub workers: crossbeam_channel::Sender<super::pipeline::Work>,
-    pub batcher: crossbeam_channel::Sender<super::pipeline::Job>,
-    pub writer: crossbeam_channel::Sender<super::pipeline::WriteMsg>,
+/// Receivers kept only to read queue lengths. They are receivers, not
+/// senders, so they never keep a queue open at shutdown; the reporters are
+/// stopped before the stages are joined, so they never keep a failed stage's
+/// queue alive either (see `Pipeline::shutdown`).
+pub(crate) struct Queues {
+    pub(crate) workers: crossbeam_channel::Receiver<super::worker::Work>,
+    pub(crate) batcher: crossbeam_channel::Receiver<super::batcher::Job>,
+    pub(crate) writer: crossbeam_channel::Receiver<Vec<super::writer::Item>>,
 }
 
 impl Monitor {
     fn s(&self) -> &Stats {
-        &self.stats.stats
+        &self.shared.stats
     }
 
-    pub fn report(&self) -> StatusReport {
+    pub(crate) fn report(&self) -> StatusReport {
         let s = self.s();
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         StatusReport {
@@ -120,9 +201,9 @@ impl Monitor {
             updated_at: crate::store::now(),
             folder: self.folder.display().to_string(),
             db: self.db.display().to_string(),
-            model: self.stats.current_model().name(),
-            model_sha256: self.stats.current_model().sha256.clone(),
-            backend: self.stats.current_backend().as_str().to_string(),
+            model: self.shared.model.current().name(),
+            model_sha256: self.shared.model.current().sha256.clone(),
+            backend: self.shared.model.backend().as_str().to_string(),
             files_seen: l(&s.seen),
             contents_classified: l(&s.classified),
             files_recorded: l(&s.recorded) + l(&s.known),
@@ -140,7 +221,7 @@ impl Monitor {
         }
     }
 
-    pub fn prometheus(&self) -> String {
+    pub(crate) fn prometheus(&self) -> String {
         let r = self.report();
         let s = self.s();
         let mut out = String::new();
@@ -205,7 +286,7 @@ pub fn status_path(db: &Path) -> PathBuf {
 }
 
 /// Rewrites the status file every two seconds (atomically, via rename).
-pub async fn write_status_forever(monitor: Arc<Monitor>) {
+pub(crate) async fn write_status_forever(monitor: Arc<Monitor>) {
     let path = status_path(&monitor.db);
     let tmp = path.with_extension("json.tmp");
     loop {
@@ -225,7 +306,7 @@ pub async fn write_status_forever(monitor: Arc<Monitor>) {
 }
 
 /// Serves `/healthz` and `/metrics` on `addr` until the task is dropped.
-pub async fn serve(addr: std::net::SocketAddr, monitor: Arc<Monitor>) -> std::io::Result<()> {
+pub(crate) async fn serve(addr: std::net::SocketAddr, monitor: Arc<Monitor>) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
@@ -244,9 +325,10 @@ pub async fn serve(addr: std::net::SocketAddr, monitor: Arc<Monitor>) -> std::io
             }
             let req = String::from_utf8_lossy(&buf);
             let path = req.split_whitespace().nth(1).unwrap_or("/");
-            let (status, ctype, body) = match path {
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", monitor.prometheus()),
+            let (status, ctype, body) = match (path, monitor.shared.health.failure()) {
+                ("/healthz", None) => ("200 OK", "text/plain", "ok\n".to_string()),
+                ("/healthz", Some(why)) => ("503 Service Unavailable", "text/plain", format!("unhealthy: {why}\n")),
+                ("/metrics", _) => ("200 OK", "text/plain; version=0.0.4", monitor.prometheus()),
                 _ => ("404 Not Found", "text/plain", "try /metrics or /healthz\n".to_string()),
             };
             let head = format!(

@@ -4,27 +4,27 @@
 //! systems (where linking fails with EXDEV) the photo is copied instead. The
 //! original is never moved or altered. Name clashes get a short content-hash suffix.
 
-use crate::store::Outcome;
+use crate::store::{Outcome, path_from_text};
 use std::path::{Path, PathBuf};
 
-pub struct Organizer {
+pub(crate) struct Organizer {
     root: PathBuf,
     labels: Vec<String>,
 }
 
 impl Organizer {
-    pub fn new(root: PathBuf, labels: Vec<String>) -> Self {
+    pub(crate) fn new(root: PathBuf, labels: Vec<String>) -> Self {
         Organizer { root, labels }
     }
 
     /// Places every newly recorded ok file.
-    pub fn place(&mut self, committed: &[Outcome]) {
+    pub(crate) fn place(&mut self, committed: &[Outcome]) {
         for o in committed {
             match o {
                 Outcome::Classified { prediction, files } => {
                     let Some(top) = prediction.top5.first() else { continue };
                     for f in files {
-                        self.link(Path::new(&f.path), &top.label, &prediction.content_hash);
+                        self.link(&path_from_text(&f.path), &top.label, &prediction.content_hash);
                     }
                 }
                 Outcome::Known { .. } | Outcome::Failed { .. } | Outcome::Deleted { .. } => {}

@@ -24,6 +24,17 @@ impl Observation {
     }
 }
 
+/// The settle check still owed by a file that was dispatched early (on the
+/// close of its writer): its row may be committed only at `due` or later, and
+/// only if the file still looks like `look`, the look taken at that event.
+/// The rule (two equal looks an interval apart, the content read in between)
+/// is kept; decoding and inference just happen during the interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gate {
+    pub(crate) due: Instant,
+    pub(crate) look: Observation,
+}
+
 /// Looks at a file; `None` if it is gone or not a regular file.
 pub fn observe(path: &Path) -> Option<Observation> {
     let meta = std::fs::metadata(path).ok()?;
@@ -40,7 +51,7 @@ struct Pending {
     due: Instant,
 }
 
-/// Candidates waiting to settle. Bounded: callers stop offering at `capacity`.
+/// Candidates waiting to settle. The intake bounds how many (`--queue`).
 ///
 /// Each candidate is due exactly one interval after its last look, and the
 /// caller sleeps until [`Settler::next_due`], so a file is taken one settle
@@ -50,26 +61,22 @@ struct Pending {
 #[derive(Debug)]
 pub struct Settler {
     interval: Duration,
-    capacity: usize,
     pending: HashMap<PathBuf, Pending>,
     due: VecDeque<(Instant, PathBuf)>,
 }
 
 impl Settler {
-    pub fn new(interval: Duration, capacity: usize) -> Self {
-        Settler { interval, capacity, pending: HashMap::new(), due: VecDeque::new() }
+    pub fn new(interval: Duration) -> Self {
+        Settler { interval, pending: HashMap::new(), due: VecDeque::new() }
     }
 
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.pending.len() >= self.capacity
     }
 
     /// When the earliest candidate is due for its second look.
@@ -145,7 +152,7 @@ mod tests {
     fn an_event_with_a_changed_look_restarts_the_timer_from_the_event() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(200);
-        let mut s = Settler::new(iv, 10);
+        let mut s = Settler::new(iv);
         s.offer("a.jpg".into(), obs(0, 1), t0); // created, still empty
         assert_eq!(s.next_due(), Some(t0 + iv));
         let closed = t0 + Duration::from_millis(30);
@@ -161,7 +168,7 @@ mod tests {
     fn candidates_fall_due_in_order_and_only_those_due_are_looked_at() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(100);
-        let mut s = Settler::new(iv, 100);
+        let mut s = Settler::new(iv);
         for i in 0..10u64 {
             s.offer(format!("f{i}").into(), obs(i, 1), t0 + Duration::from_millis(10 * i));
         }
@@ -184,7 +191,7 @@ mod tests {
     fn a_file_is_ready_only_after_an_unchanged_second_look() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(500);
-        let mut s = Settler::new(iv, 10);
+        let mut s = Settler::new(iv);
         s.offer("a.jpg".into(), obs(10, 1), t0);
         // Too early: not even looked at.
         assert!(s.poll(t0 + Duration::from_millis(100), |_| panic!("looked too early")).is_empty());
@@ -201,7 +208,7 @@ mod tests {
     fn mtime_alone_counts_as_a_change() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(10);
-        let mut s = Settler::new(iv, 10);
+        let mut s = Settler::new(iv);
         s.offer("a".into(), obs(10, 1), t0);
         assert!(s.poll(t0 + iv, |_| obs(10, 2)).is_empty());
         assert_eq!(s.poll(t0 + 2 * iv, |_| obs(10, 2)).len(), 1);
@@ -211,12 +218,11 @@ mod tests {
     fn vanished_files_are_dropped_and_duplicates_coalesce() {
         let t0 = Instant::now();
         let iv = Duration::from_millis(10);
-        let mut s = Settler::new(iv, 2);
+        let mut s = Settler::new(iv);
         s.offer("a".into(), obs(1, 1), t0);
         s.offer("a".into(), obs(1, 1), t0 + iv / 2); // same look: keeps its timer
         s.offer("b".into(), obs(1, 1), t0);
         assert_eq!(s.len(), 2);
-        assert!(s.is_full());
         s.offer("c".into(), None, t0); // unreadable at first look: never pending
         let ready = s.poll(t0 + iv, |p| if p == Path::new("a") { obs(1, 1) } else { None });
         assert_eq!(ready, vec![PathBuf::from("a")]);

@@ -35,36 +35,54 @@ pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// A path as stored and printed: UTF-8 as is, other bytes escaped as `\xNN`
-/// (so the text is lossless and two distinct names never collide in practice).
+/// A path as stored and printed: UTF-8 as is, except that a backslash is
+/// doubled and a byte that is not UTF-8 becomes `\xNN`. Lossless and
+/// injective: [`path_from_text`] gives back the exact bytes, so a file with a
+/// non-UTF-8 name can be opened again from its row (organize, report,
+/// reclassify, the deletion check).
 pub fn path_text(path: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_string(),
-        Err(_) => {
-            let mut out = String::new();
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                match std::str::from_utf8(rest) {
-                    Ok(s) => {
-                        out.push_str(s);
-                        break;
-                    }
-                    Err(e) => {
-                        let (good, bad) = rest.split_at(e.valid_up_to());
-                        out.push_str(std::str::from_utf8(good).unwrap_or_default());
-                        let n = e.error_len().unwrap_or(bad.len()).max(1);
-                        for b in &bad[..n] {
-                            out.push_str(&format!("\\x{b:02x}"));
-                        }
-                        rest = &bad[n..];
-                    }
-                }
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' {
+                out.push_str("\\\\");
+            } else {
+                out.push(c);
             }
-            out
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
+    out
+}
+
+/// The inverse of [`path_text`]. Text that is not such an escape (written by
+/// hand, or by a version before backslashes were doubled) is taken as is.
+pub fn path_from_text(text: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |j: usize| b.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b[i], b.get(i + 1)) {
+            (b'\\', Some(b'\\')) => {
+                out.push(b'\\');
+                i += 2;
+            }
+            (b'\\', Some(b'x')) if hex(i + 2).is_some() && hex(i + 3).is_some() => {
+                out.push((hex(i + 2).unwrap_or(0) * 16 + hex(i + 3).unwrap_or(0)) as u8);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// What the store knows about a path.
@@ -74,6 +92,14 @@ pub struct FileState {
     pub size: Option<i64>,
     pub mtime_ns: Option<i64>,
     pub status: String,
+}
+
+impl FileState {
+    /// Whether this row already records `file` as it is on disk now (same
+    /// size and mtime, not deleted): then there is nothing to redo.
+    pub fn is_current(&self, file: &FileMeta) -> bool {
+        self.status != "deleted" && self.size == Some(file.size) && self.mtime_ns == Some(file.mtime_ns)
+    }
 }
 
 /// Identity of a file on disk at the moment it was read.
@@ -110,7 +136,7 @@ pub enum Outcome {
     Known { content_hash: String, file: FileMeta },
     /// The file could not be classified.
     Failed { file: FileMeta, content_hash: Option<String>, kind: String, message: String },
-    /// The path no longer exists.
+    /// The path no longer exists, nor anything under it (if it was a folder).
     Deleted { path: String },
 }
 
@@ -275,6 +301,13 @@ impl Store {
             let mut delete_file = tx.prepare_cached(
                 "UPDATE files SET status = 'deleted', deleted_at = ?2 WHERE path = ?1 AND status <> 'deleted'",
             )?;
+            // Everything under a path that went (a folder moved or deleted): one
+            // range on the primary key, `P/` <= path < `P0` ('0' follows '/'),
+            // never a walk of the folder or a scan of the table.
+            let mut delete_tree = tx.prepare_cached(
+                "UPDATE files SET status = 'deleted', deleted_at = ?3
+                 WHERE path >= ?1 AND path < ?2 AND status <> 'deleted'",
+            )?;
             let ok: Option<&str> = None;
             for outcome in outcomes {
                 match outcome {
@@ -324,6 +357,8 @@ impl Store {
                     }
                     Outcome::Deleted { path } => {
                         delete_file.execute(params![path, now])?;
+                        let folder = path.trim_end_matches('/');
+                        delete_tree.execute(params![format!("{folder}/"), format!("{folder}0"), now])?;
                     }
                 }
             }
@@ -343,6 +378,37 @@ mod tests {
         let p = Path::new(std::ffi::OsStr::from_bytes(b"/w/caf\xe9 \xff.jpg"));
         assert_eq!(path_text(p), "/w/caf\\xe9 \\xff.jpg");
         assert_eq!(path_text(Path::new("/w/violin é.jpg")), "/w/violin é.jpg");
+    }
+
+    #[test]
+    fn path_text_round_trips_every_name_and_never_collides() {
+        use std::os::unix::ffi::OsStrExt;
+        let names: [&[u8]; 6] =
+            [b"/w/caf\xe9.jpg", b"/w/caf\\xe9.jpg", b"/w/a\\b.jpg", b"/w/\xff\\x41", b"/w/plain.jpg", b"/w/\xe2\x82"];
+        let mut texts = std::collections::HashSet::new();
+        for n in names {
+            let p = Path::new(std::ffi::OsStr::from_bytes(n));
+            let text = path_text(p);
+            assert_eq!(path_from_text(&text), p, "{text}");
+            assert!(texts.insert(text.clone()), "two names share {text}");
+        }
+        // A literal backslash-x in a UTF-8 name is not mistaken for an escape.
+        assert_eq!(path_text(Path::new("/w/caf\\xe9.jpg")), "/w/caf\\\\xe9.jpg");
+    }
+
+    #[test]
+    fn a_deleted_folder_takes_everything_under_it_and_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open_rw(&dir.path().join("t.db")).unwrap();
+        let known = |p: &str| Outcome::Known { content_hash: "h".into(), file: meta(p) };
+        let paths = ["/w/a/1.jpg", "/w/a/b/2.jpg", "/w/a0.jpg", "/w/a.jpg", "/w/ab/3.jpg", "/w/b.jpg"];
+        store.commit(&paths.map(known)).unwrap();
+        store.commit(&[Outcome::Deleted { path: "/w/a".into() }]).unwrap();
+        let mut live = store.live_paths_under("/w").unwrap();
+        live.sort();
+        assert_eq!(live, ["/w/a.jpg", "/w/a0.jpg", "/w/ab/3.jpg", "/w/b.jpg"]);
+        store.commit(&[Outcome::Deleted { path: "/w/b.jpg".into() }]).unwrap();
+        assert_eq!(store.live_paths_under("/w").unwrap().len(), 3);
     }
 
     fn meta(path: &str) -> FileMeta {
