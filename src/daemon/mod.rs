@@ -80,7 +80,8 @@ struct Opened {
     model: Arc<LoadedModel>,
     engine: Box<dyn Classifier>,
     store: Store,
-    _locks: (InstanceLock, Option<InstanceLock>),
+    /// Held until the process exits: another daemon on the same database or folder is refused.
+    locks: (InstanceLock, Option<InstanceLock>),
 }
 
 impl Opened {
@@ -113,7 +114,7 @@ impl Opened {
             };
         let store = Store::open_rw(&cfg.db).with_context(|| format!("cannot use database {}", cfg.db.display()))?;
         store.register_model(&model)?;
-        Ok(Opened { dir, model, engine, store, _locks: (db_lock, dir_lock) })
+        Ok(Opened { dir, model, engine, store, locks: (db_lock, dir_lock) })
     }
 }
 
@@ -126,6 +127,8 @@ impl Opened {
 ///   the writer ends once all are gone and its held results are due.
 struct Pipeline {
     shared: Arc<Shared>,
+    /// The instance locks, released last.
+    locks: (InstanceLock, Option<InstanceLock>),
     db: PathBuf,
     /// File events; dropped first so no more arrive.
     watcher: Option<notify::RecommendedWatcher>,
@@ -145,7 +148,7 @@ impl Pipeline {
         opened: Opened,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Pipeline, Intake, mpsc::Receiver<IntakeMsg>)> {
-        let Opened { dir, model, engine, store, _locks } = opened;
+        let Opened { dir, model, engine, store, locks } = opened;
         let max_batch = cfg.batch_size.unwrap_or_else(|| engine.preferred_batch()).max(1);
         let workers = cfg.workers.max(1);
         log_start(cfg, &dir, &model, engine.backend(), max_batch);
@@ -223,6 +226,7 @@ impl Pipeline {
             Intake { root: dir, cfg: cfg.clone(), shared: shared.clone(), work_tx, write_tx, poll, stop: cancel };
         let pipeline = Pipeline {
             shared,
+            locks,
             db: cfg.db.clone(),
             watcher,
             reporters,
@@ -242,7 +246,7 @@ impl Pipeline {
     /// stage failure, if any.
     async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("stopping: finishing the batches in flight");
-        let Pipeline { shared, db, watcher, reporters, monitor, workers, batchers, writer } = self;
+        let Pipeline { shared, locks, db, watcher, reporters, monitor, workers, batchers, writer } = self;
         drop(watcher);
         while let Ok(w) = monitor.queues.workers.try_recv() {
             shared.ledger.release_path(&w.path);
@@ -271,6 +275,7 @@ impl Pipeline {
             failed = s.failed.load(Ordering::Relaxed),
             "stopped cleanly"
         );
+        drop(locks);
         Ok(())
     }
 }

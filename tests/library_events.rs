@@ -1,0 +1,79 @@
+//! What happens to a library that already holds results: deletions, folders
+//! moved away or within, and names that are not UTF-8.
+
+mod common;
+
+use common::{Setup, wait_for};
+use image::ImageFormat;
+use std::os::unix::ffi::OsStrExt;
+
+const OK: &str = "SELECT count(*) FROM files WHERE status = 'ok'";
+
+/// "scan finished" lines for a walk of the whole watched folder.
+fn full_walks(log: &str, root: &std::path::Path) -> usize {
+    let marker = format!("folder={} ", root.display());
+    log.lines().filter(|l| l.contains("scan finished") && l.contains(&marker)).count()
+}
+
+#[test]
+fn deletions_and_folder_moves_are_recorded_without_walking_the_library() {
+    let s = Setup::new();
+    let colours = ["red", "green", "blue"];
+    for i in 0..12u32 {
+        s.write_image(&format!("album/{i}.png"), colours[i as usize % 3], ImageFormat::Png, i);
+    }
+    s.write_image("single.png", "red", ImageFormat::Png, 100);
+    s.write_image("other.png", "blue", ImageFormat::Png, 101);
+    // No periodic reconcile during the test: only events can record the changes.
+    let mut d = s.spawn(None, &s.dir, &s.db, &["--settle-ms", "300", "--reconcile-secs", "3600"]);
+    wait_for(60, "14 rows", || s.count(OK) == 14);
+    wait_for(10, "the start-up scan's log line", || full_walks(&d.log(), &s.dir) == 1);
+    let predictions = s.count("SELECT count(*) FROM predictions");
+
+    // A file deleted.
+    std::fs::remove_file(s.dir.join("single.png")).unwrap();
+    wait_for(10, "the deletion", || s.count("SELECT count(*) FROM files WHERE status = 'deleted'") == 1);
+
+    // A folder moved within the library: its files keep their results under
+    // the new name, and none is classified again.
+    std::fs::rename(s.dir.join("album"), s.dir.join("album-2026")).unwrap();
+    let moved =
+        format!("SELECT count(*) FROM files WHERE status = 'ok' AND path LIKE '{}/album-2026/%'", s.dir.display());
+    wait_for(30, "the moved folder's rows", || s.count(&moved) == 12);
+    wait_for(10, "the old names deleted", || s.count("SELECT count(*) FROM files WHERE status = 'deleted'") == 13);
+
+    // A folder moved out of the library: all its rows go in one update.
+    let outside = s.tmp.path().join("elsewhere");
+    std::fs::rename(s.dir.join("album-2026"), &outside).unwrap();
+    wait_for(10, "the folder moved away", || s.count(OK) == 1);
+
+    let log = d.log();
+    assert_eq!(full_walks(&log, &s.dir), 1, "a deletion or a move walked the whole library:\n{log}");
+    assert_eq!(s.count("SELECT count(*) FROM predictions"), predictions, "a moved photo was classified again");
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+fn names_that_are_not_utf8_work_in_organize_report_and_reclassify() {
+    let s = Setup::new();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9 \\x41.png");
+    let src = s.write_image("plain.png", "green", ImageFormat::Png, 1);
+    std::fs::rename(&src, s.dir.join(name)).unwrap();
+    s.write_image("utf8 é.png", "red", ImageFormat::Png, 2);
+    let sorted = s.tmp.path().join("sorted");
+    let mut d = s.start(&["--organize", sorted.to_str().unwrap()]);
+    wait_for(30, "2 rows", || s.count(OK) == 2);
+    wait_for(10, "the sorted view", || sorted.join("green").join(name).exists());
+    assert!(sorted.join("red").join("utf8 é.png").exists());
+    assert!(d.stop().success(), "{}", d.log());
+
+    let report = s.tmp.path().join("report");
+    let out = s.cmd(&["report", "--db"]).arg(&s.db).arg("--out").arg(&report).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("2 new thumbnails"), "{err}");
+
+    let out =
+        s.cmd(&["reclassify", "--backend", "tract", "--db"]).arg(&s.db).arg("--model").arg(&s.model).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("reclassified 2 contents") && err.contains("(0 skipped)"), "{err}");
+}
