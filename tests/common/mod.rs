@@ -1,7 +1,7 @@
 //! Helpers for tests that start the real binary.
 #![allow(dead_code)]
 
-use instrument_detector::testkit;
+use instrument_model::testkit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -302,8 +302,7 @@ pub fn preprocess_bytes(
 }
 
 /// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
-/// target (which compiles this file on its own, so it lives here) and the
-/// mutation fuzzer. The last byte picks the model input and resize mode, so
+/// target (`fuzz/`) and the mutation fuzzer (`tests/reliability_fuzz.rs`). The last byte picks the model input and resize mode, so
 /// the stretch and centre-crop paths and the scaled JPEG decode are reached.
 /// Panics if a decoded tensor holds a non-finite value.
 #[doc(hidden)]
