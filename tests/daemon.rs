@@ -70,7 +70,7 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
         assert_eq!(r["top5"].as_array().unwrap().len(), 3);
     }
     for (name, kind) in
-        [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "corrupt")]
+        [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "truncated")]
     {
         let r = find(name);
         assert_eq!(r["status"], "error", "{name}: {r}");

@@ -613,7 +613,7 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
         assert_eq!((status.as_str(), l.as_deref()), ("ok", Some(label)), "{name}");
     };
     error("empty.jpg", "empty");
-    error("truncated.jpg", "corrupt");
+    error("truncated.jpg", "truncated");
     error("random.jpg", "not_image");
     ok("png-named.jpg", "green");
     error("notes.txt", "not_image");
@@ -669,7 +669,7 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
         .collect();
     let mut want = std::collections::BTreeMap::from([
         ("empty".to_string(), 1),
-        ("corrupt".to_string(), 1),
+        ("truncated".to_string(), 1),
         ("not_image".to_string(), 4),
         ("too_large".to_string(), 3),
     ]);

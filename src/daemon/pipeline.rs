@@ -262,7 +262,7 @@ fn process(
             // only created or a few bytes in, "empty" or "not_image" (no full
             // signature yet): while it is young, look again later instead of
             // recording an error for a partial state.
-            if matches!(e.kind(), "corrupt" | "empty" | "not_image") && age < ctx.young {
+            if e.kind().may_be_partial_write() && age < ctx.young {
                 tracing::debug!("{text}: {e}; modified {age:?} ago, will look again");
                 let waiters = shared.forget_hash(&hash);
                 shared.release(path);
