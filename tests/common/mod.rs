@@ -64,7 +64,7 @@ impl Setup {
             .arg(&self.model)
             .args(["--backend", "tract"])
             .args(args)
-            .env("RUST_LOG", "instrument_detector=debug")
+            .env("RUST_LOG", "instrument_detector=debug,instrument_model=debug")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()
