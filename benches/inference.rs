@@ -7,8 +7,8 @@
 //! defaults to `1,8,16`. A backend that cannot open is skipped with its reason.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::LoadedModel;
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::LoadedModel;
 use std::path::PathBuf;
 use std::time::Duration;
 

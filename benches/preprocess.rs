@@ -6,7 +6,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use image::{DynamicImage, ImageFormat, RgbImage};
-use instrument_detector::preprocess::{
+use instrument_model::preprocess::{
     DecodeLimits, PreprocessSpec, ResizeMode, decode_rgb, preprocess_bytes, tensor_from_rgb,
 };
 use std::hint::black_box;

@@ -8,8 +8,9 @@
 //!
 //! The labels are `class0..classN` unless a folder of class folders is given.
 
-use instrument_detector::model::keys;
-use instrument_detector::onnx::{Attr, Dim, GraphBuilder, dtype, encode};
+use instrument_model::model::{ModelSpec, keys};
+use instrument_model::onnx::{Attr, Dim, GraphBuilder, dtype, encode};
+use instrument_model::preprocess::{PreprocessSpec, ResizeMode};
 
 /// xorshift64* and Box-Muller: deterministic, no extra dependency.
 struct Rng(u64);
@@ -138,13 +139,11 @@ fn main() {
     e.g.constant_f32("fc_b", &[classes], &vec![0.0; classes as usize]);
     e.g.node("Gemm", &[&flat, "fc_w", "fc_b"], "logits", vec![("transB", Attr::Int(1))]);
     e.g.output("logits", dtype::FLOAT, &[n, Dim::Fixed(classes)]);
-    e.g.metadata(keys::LABELS, serde_json::to_string(&labels).expect("labels serialise"));
-    e.g.metadata(keys::INPUT_SIZE, size.to_string());
-    e.g.metadata(keys::MEAN, "[0.49803922,0.49803922,0.49803922]");
-    e.g.metadata(keys::STD, "[0.5019608,0.5019608,0.5019608]");
-    e.g.metadata(keys::RESIZE, "stretch");
-    e.g.metadata(keys::OUTPUT, "logits");
-    e.g.metadata(keys::ARCHITECTURE, "efficientnet-lite0-standin");
+    let preprocess =
+        PreprocessSpec { size: size as u32, mean: [0.49803922; 3], std: [0.5019608; 3], resize: ResizeMode::Stretch };
+    let mut spec = ModelSpec::new(labels.clone(), preprocess);
+    spec.metadata.insert(keys::ARCHITECTURE.into(), "efficientnet-lite0-standin".into());
+    e.g.metadata_all(spec.to_metadata());
     std::fs::write(&out, encode(&e.g.build())).expect("model written");
     eprintln!("wrote {out} ({} labels)", labels.len());
 }

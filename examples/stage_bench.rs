@@ -12,9 +12,9 @@
 //!         time the engine per batch on fixed input in the normalised range
 
 use instrument_detector::batch::expand_paths;
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::LoadedModel;
-use instrument_detector::preprocess::{DecodeLimits, preprocess_bytes};
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::LoadedModel;
+use instrument_model::preprocess::{DecodeLimits, preprocess_bytes};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;

@@ -99,7 +99,7 @@ fn init_logging(verbose: u8, quiet: bool, default: &str) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,instrument_detector={level}")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,instrument_detector={level},instrument_model={level}")));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -66,7 +66,7 @@ fn backends_agree_through_the_cli() {
     let dir = s.tmp.path().join("imgs");
     std::fs::create_dir(&dir).unwrap();
     for (i, l) in ["red", "green", "blue", "green"].iter().enumerate() {
-        instrument_detector::testkit::write_color_image(&dir.join(format!("{i}.jpg")), l, ImageFormat::Jpeg, i as u32)
+        instrument_model::testkit::write_color_image(&dir.join(format!("{i}.jpg")), l, ImageFormat::Jpeg, i as u32)
             .unwrap();
     }
     let run = |backend: &str| -> Vec<serde_json::Value> {

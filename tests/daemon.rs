@@ -28,10 +28,8 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
     std::fs::write(s.dir.join("empty.jpg"), b"").unwrap();
     std::fs::write(s.dir.join("notes.jpg"), b"shopping list: strings, rosin\n").unwrap();
     std::fs::write(s.dir.join("noise.png"), (0..4000u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
-    let good = instrument_detector::testkit::encode(
-        &instrument_detector::testkit::color_image("red", 64, 64, 9),
-        ImageFormat::Jpeg,
-    );
+    let good =
+        instrument_model::testkit::encode(&instrument_model::testkit::color_image("red", 64, 64, 9), ImageFormat::Jpeg);
     std::fs::write(s.dir.join("truncated.jpg"), &good[..good.len() / 2]).unwrap();
     // Ignored names.
     std::fs::write(s.dir.join(".hidden.jpg"), &good).unwrap();
@@ -72,7 +70,7 @@ fn every_kind_of_drop_ends_with_exactly_one_row() {
         assert_eq!(r["top5"].as_array().unwrap().len(), 3);
     }
     for (name, kind) in
-        [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "corrupt")]
+        [("empty.jpg", "empty"), ("notes.jpg", "not_image"), ("noise.png", "not_image"), ("truncated.jpg", "truncated")]
     {
         let r = find(name);
         assert_eq!(r["status"], "error", "{name}: {r}");
@@ -239,7 +237,7 @@ fn classify_and_evaluate_use_the_same_pipeline() {
     for (i, label) in ["red", "green", "blue"].iter().enumerate() {
         std::fs::create_dir_all(data.join(label)).unwrap();
         for j in 0..3u32 {
-            instrument_detector::testkit::write_color_image(
+            instrument_model::testkit::write_color_image(
                 &data.join(label).join(format!("{j}.jpg")),
                 label,
                 ImageFormat::Jpeg,

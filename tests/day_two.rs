@@ -20,7 +20,7 @@ fn reclassify_redoes_only_stale_results() {
 
     // A different model file (another input size): results by the old one are stale.
     let new_model = s.tmp.path().join("color16.onnx");
-    std::fs::write(&new_model, instrument_detector::testkit::color_model(16)).unwrap();
+    std::fs::write(&new_model, instrument_model::testkit::color_model(16)).unwrap();
     let run = |extra: &[&str]| {
         let out = s
             .cmd(&["reclassify", "--backend", "tract", "--db"])
@@ -78,7 +78,7 @@ fn a_config_files_folder_survives_typed_flags_with_values() {
     // Not ./watch (which is where the daemon would look if it dropped the file's folder).
     let photos = s.tmp.path().join("photos");
     std::fs::create_dir_all(&photos).unwrap();
-    instrument_detector::testkit::write_color_image(&photos.join("a.png"), "red", ImageFormat::Png, 1).unwrap();
+    instrument_model::testkit::write_color_image(&photos.join("a.png"), "red", ImageFormat::Png, 1).unwrap();
     let cfg = s.tmp.path().join("id.toml");
     std::fs::write(&cfg, format!("dir = {:?}\nsettle_ms = 300\n", photos.display().to_string())).unwrap();
     let log = std::fs::File::create(s.tmp.path().join("config-daemon.log")).unwrap();
@@ -165,7 +165,7 @@ fn model_swap(extra: &[&str], batchers: usize) {
 
     // Replace the model file in place (atomically, as a trainer would).
     let tmp = s.tmp.path().join("new.onnx");
-    std::fs::write(&tmp, instrument_detector::testkit::color_model(16)).unwrap();
+    std::fs::write(&tmp, instrument_model::testkit::color_model(16)).unwrap();
     std::fs::rename(&tmp, &s.model).unwrap();
     wait_for(30, "the switch", || d.log().matches("switched to the new model").count() == batchers);
     // Enough files that both batchers take some.

@@ -4,11 +4,11 @@
 //! (`ORT_DYLIB_PATH`, else the project's `.venv` from `scripts/setup-python.sh`).
 
 use image::{ImageFormat, RgbImage};
-use instrument_detector::engine::{self, Backend, BackendChoice, Classifier, EngineError, EngineOptions};
-use instrument_detector::model::{LoadedModel, keys};
-use instrument_detector::onnx::{self, Attr, Dim, GraphBuilder, dtype};
-use instrument_detector::preprocess::{DecodeLimits, preprocess_bytes};
-use instrument_detector::testkit;
+use instrument_model::engine::{self, Backend, BackendChoice, Classifier, EngineError, EngineOptions};
+use instrument_model::model::{LoadedModel, ModelSpec, keys};
+use instrument_model::onnx::{self, Attr, Dim, GraphBuilder, dtype};
+use instrument_model::preprocess::{DecodeLimits, PreprocessSpec, ResizeMode, preprocess_bytes};
+use instrument_model::testkit;
 use ndarray::{Array4, Axis};
 use std::path::Path;
 
@@ -69,9 +69,12 @@ fn conv_model(size: u32, classes: usize, seed: u64) -> Vec<u8> {
     g.node("Gemm", &[&flat, &w3, &b3], "logits", vec![("transB", Attr::Int(1))]);
     g.output("logits", dtype::FLOAT, &[n, Dim::Fixed(classes as i64)]);
     let labels: Vec<String> = (0..classes).map(|i| format!("class{i}")).collect();
-    g.metadata(keys::LABELS, serde_json::to_string(&labels).unwrap());
-    g.metadata(keys::INPUT_SIZE, size.to_string());
-    g.metadata(keys::ARCHITECTURE, "conv-test");
+    // ImageNet's normalisation, what a model without `mean`/`std` gets.
+    let preprocess =
+        PreprocessSpec { size, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225], resize: ResizeMode::Stretch };
+    let mut spec = ModelSpec::new(labels, preprocess);
+    spec.metadata.insert(keys::ARCHITECTURE.into(), "conv-test".into());
+    g.metadata_all(spec.to_metadata());
     onnx::encode(&g.build())
 }
 

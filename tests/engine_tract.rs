@@ -1,9 +1,9 @@
 //! The tract engine on generated models: labels, shapes and refusal of bad models.
 
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::LoadedModel;
-use instrument_detector::preprocess::{DecodeLimits, preprocess_bytes};
-use instrument_detector::testkit;
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::LoadedModel;
+use instrument_model::preprocess::{DecodeLimits, preprocess_bytes};
+use instrument_model::testkit;
 use std::path::Path;
 
 #[test]
@@ -56,21 +56,18 @@ fn a_model_that_returns_the_wrong_row_count_is_an_inference_error_not_a_panic() 
 #[test]
 fn a_model_that_collapses_the_batch_axis_is_refused_when_opened() {
     // Averages over the batch: right for one image, wrong for two.
-    let mut proto = instrument_detector::onnx::decode(&testkit::color_model(32)).unwrap();
+    let mut proto = instrument_model::onnx::decode(&testkit::color_model(32)).unwrap();
     let graph = proto.graph.as_mut().unwrap();
-    let mut g = instrument_detector::onnx::GraphBuilder::new("collapse");
+    let mut g = instrument_model::onnx::GraphBuilder::new("collapse");
     g.node(
         "ReduceMean",
         &["logits"],
         "collapsed",
-        vec![
-            ("axes", instrument_detector::onnx::Attr::Ints(vec![0])),
-            ("keepdims", instrument_detector::onnx::Attr::Int(1)),
-        ],
+        vec![("axes", instrument_model::onnx::Attr::Ints(vec![0])), ("keepdims", instrument_model::onnx::Attr::Int(1))],
     );
     graph.node.extend(g.build().graph.unwrap().node);
     graph.output[0].name = "collapsed".into();
-    let model = LoadedModel::from_bytes(Path::new("collapse.onnx"), instrument_detector::onnx::encode(&proto)).unwrap();
+    let model = LoadedModel::from_bytes(Path::new("collapse.onnx"), instrument_model::onnx::encode(&proto)).unwrap();
     let err = engine::open(&model, BackendChoice::Tract, &EngineOptions::default()).map(|_| ()).expect_err("refused");
     assert!(err.to_string().contains("a batch of 2 produced output shape [1, 3]"), "{err}");
 }

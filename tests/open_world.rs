@@ -6,7 +6,7 @@ mod common;
 
 use common::{Setup, wait_for};
 use image::ImageFormat;
-use instrument_detector::testkit;
+use instrument_model::testkit;
 use std::path::Path;
 
 const BLACK: [u8; 3] = [5, 5, 5];
@@ -111,11 +111,11 @@ fn evaluate_scores_a_none_folder_like_any_class() {
 fn a_model_whose_output_lacks_the_declared_imagenet_head_is_refused() {
     let s = Setup::new();
     // Metadata declares 4 ImageNet columns, but the graph returns only the 3 labels.
-    let mut proto = instrument_detector::onnx::decode(&testkit::color_model(32)).unwrap();
+    let mut proto = instrument_model::onnx::decode(&testkit::color_model(32)).unwrap();
     let entry =
-        [(instrument_detector::open_world::KEY.to_string(), testkit::open_world_color_description().to_metadata())];
-    instrument_detector::onnx::set_metadata(&mut proto, &entry.into_iter().collect());
-    std::fs::write(&s.model, instrument_detector::onnx::encode(&proto)).unwrap();
+        [(instrument_model::open_world::KEY.to_string(), testkit::open_world_color_description().to_metadata())];
+    instrument_model::onnx::set_metadata(&mut proto, &entry.into_iter().collect());
+    std::fs::write(&s.model, instrument_model::onnx::encode(&proto)).unwrap();
     let img = s.tmp.path().join("red.png");
     testkit::write_color_image(&img, "red", ImageFormat::Png, 1).unwrap();
     let out = s.cmd(&["classify", "--backend", "tract", "--model"]).arg(&s.model).arg(&img).output().unwrap();

@@ -5,9 +5,9 @@
 //! process: this test binary started again with one test selected and the
 //! scenario in an environment variable.
 
-use instrument_detector::engine::{self, Backend, BackendChoice, EngineError, EngineOptions};
-use instrument_detector::model::LoadedModel;
-use instrument_detector::testkit;
+use instrument_model::engine::{self, Backend, BackendChoice, EngineError, EngineOptions};
+use instrument_model::model::LoadedModel;
+use instrument_model::testkit;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

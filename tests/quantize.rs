@@ -3,10 +3,11 @@
 //! close to the fp32 model's, and its metadata is kept and marked.
 
 use image::{ImageFormat, RgbImage};
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::{LoadedModel, keys};
-use instrument_detector::onnx::{self, Attr, Dim, GraphBuilder, dtype};
-use instrument_detector::quantize;
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::{LoadedModel, ModelSpec};
+use instrument_model::onnx::{self, Attr, Dim, GraphBuilder, dtype};
+use instrument_model::preprocess::{PreprocessSpec, ResizeMode};
+use instrument_model::quantize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -63,10 +64,9 @@ fn small_model() -> Vec<u8> {
     g.constant_f32("fc_b", &[4], &[0.1, -0.1, 0.0, 0.2]);
     g.node("Gemm", &[&f, "fc_w", "fc_b"], "logits", vec![("transB", Attr::Int(1))]);
     g.output("logits", dtype::FLOAT, &[n, Dim::Fixed(4)]);
-    g.metadata(keys::LABELS, r#"["a","b","c","d"]"#);
-    g.metadata(keys::INPUT_SIZE, SIZE.to_string());
-    g.metadata(keys::MEAN, "[0.5,0.5,0.5]");
-    g.metadata(keys::STD, "[0.25,0.25,0.25]");
+    let labels = ["a", "b", "c", "d"].map(String::from).to_vec();
+    let preprocess = PreprocessSpec { size: SIZE as u32, mean: [0.5; 3], std: [0.25; 3], resize: ResizeMode::Stretch };
+    g.metadata_all(ModelSpec::new(labels, preprocess).to_metadata());
     onnx::encode(&g.build())
 }
 
@@ -122,7 +122,7 @@ fn logits(model: &LoadedModel, backend: BackendChoice, imgs: &[PathBuf]) -> Opti
     for p in imgs {
         let mut t = vec![0.0; spec.tensor_len()];
         let bytes = std::fs::read(p).unwrap();
-        instrument_detector::preprocess::preprocess_bytes(&bytes, spec, &Default::default(), &mut t).unwrap();
+        instrument_model::preprocess::preprocess_bytes(&bytes, spec, &Default::default(), &mut t).unwrap();
         let x = ndarray::Array4::from_shape_vec((1, 3, SIZE as usize, SIZE as usize), t).unwrap();
         out.push(clf.run(x.view()).unwrap().row(0).to_vec());
     }

@@ -18,7 +18,7 @@
 mod common;
 use common::*;
 use image::{ImageFormat, RgbImage};
-use instrument_detector::testkit;
+use instrument_model::testkit;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -569,8 +569,8 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
     w(OsStr::new("random.jpg"), &noise);
     w(OsStr::new("png-named.jpg"), &unique_png("green", 2));
     w(OsStr::new("notes.txt"), b"Dear diary, today I practised the cello for three hours.\n");
-    w(OsStr::new("bomb.png"), &instrument_detector::testkit::png_header_claiming(60000, 60000));
-    w(OsStr::new("huge-header.jpg"), &instrument_detector::testkit::png_header_claiming(60000, 60000)); // a PNG bomb named .jpg
+    w(OsStr::new("bomb.png"), &instrument_model::testkit::png_header_claiming(60000, 60000));
+    w(OsStr::new("huge-header.jpg"), &instrument_model::testkit::png_header_claiming(60000, 60000)); // a PNG bomb named .jpg
     let mut big = unique_png("blue", 3);
     big.resize(1024 * 1024 + 4096, 0); // a valid PNG padded past 1 MiB
     w(OsStr::new("big.png"), &big);
@@ -613,7 +613,7 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
         assert_eq!((status.as_str(), l.as_deref()), ("ok", Some(label)), "{name}");
     };
     error("empty.jpg", "empty");
-    error("truncated.jpg", "corrupt");
+    error("truncated.jpg", "truncated");
     error("random.jpg", "not_image");
     ok("png-named.jpg", "green");
     error("notes.txt", "not_image");
@@ -669,7 +669,7 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
         .collect();
     let mut want = std::collections::BTreeMap::from([
         ("empty".to_string(), 1),
-        ("corrupt".to_string(), 1),
+        ("truncated".to_string(), 1),
         ("not_image".to_string(), 4),
         ("too_large".to_string(), 3),
     ]);

@@ -14,8 +14,8 @@
 //! The libFuzzer target is `fuzz/fuzz_targets/preprocess.rs` (`cargo +nightly fuzz run preprocess`).
 
 use image::{DynamicImage, ImageFormat, RgbImage};
-use instrument_detector::preprocess::DecodeLimits;
-use instrument_detector::testkit;
+use instrument_model::preprocess::DecodeLimits;
+use instrument_model::testkit;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ fn tight() -> DecodeLimits {
 
 /// The same dispatch as the libFuzzer target.
 fn run_one(data: &[u8], limits: &DecodeLimits) {
-    instrument_detector::preprocess::fuzz_one(data, limits);
+    instrument_model::preprocess::fuzz_one(data, limits);
 }
 
 fn files_in(dir: &Path) -> Vec<PathBuf> {

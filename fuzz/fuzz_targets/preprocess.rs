@@ -1,21 +1,17 @@
 //! Bytes to tensor, exactly as the daemon does it: sniff, decode (with the
 //! DCT-scaled JPEG path and the generic path), orient, resize, normalise.
 //!
-//! The daemon's own `src/preprocess.rs` is compiled into this target as a
-//! module (it depends only on the decoders and the resizer), so the
-//! sanitizer build does not have to instrument the inference engines too.
+//! The target links `instrument-model` without its default `onnx` feature:
+//! preprocessing alone, so the sanitizer build does not have to instrument
+//! the inference engines too.
 //!
 //! Limits are tight so that a header claiming a huge image is refused rather
 //! than allocated (the point of the limits), and so that libFuzzer's own
 //! `-rss_limit_mb` catches any decoder that ignores them.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/preprocess.rs"]
-mod preprocess;
-
+use instrument_model::preprocess::{self, DecodeLimits};
 use libfuzzer_sys::fuzz_target;
-use preprocess::DecodeLimits;
 
 fuzz_target!(|data: &[u8]| {
     let limits = DecodeLimits {

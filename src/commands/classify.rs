@@ -4,6 +4,7 @@
 use crate::ModelArgs;
 use anyhow::{Context, Result, bail};
 use instrument_detector::batch::{FileResult, classify_paths, expand_paths};
+use instrument_detector::calibration::expected_calibration_error;
 use instrument_detector::engine::{self, Classifier};
 use instrument_detector::model::LoadedModel;
 use instrument_detector::open_world::NONE;
@@ -154,27 +155,17 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     let n = labels.len();
     let mut confusion = vec![vec![0u64; n]; n];
     let (mut correct, mut total) = (0u64, 0u64);
-    // Expected calibration error over 10 equal-width confidence bins.
-    let mut bins = vec![(0u64, 0f64, 0u64); 10];
+    let mut calibration = Vec::with_capacity(files.len());
     for (t, p) in truth.iter().zip(&predicted) {
         if let Some((k, conf)) = p {
             confusion[*t][*k] += 1;
             total += 1;
-            let hit = (t == k) as u64;
-            correct += hit;
-            let b = ((*conf * 10.0) as usize).min(9);
-            bins[b].0 += 1;
-            bins[b].1 += *conf as f64;
-            bins[b].2 += hit;
+            let hit = t == k;
+            correct += hit as u64;
+            calibration.push((*conf as f64, hit));
         }
     }
-    let ece: f64 = bins
-        .iter()
-        .filter(|b| b.0 > 0)
-        .map(|(cnt, conf, hits)| {
-            (*cnt as f64 / total.max(1) as f64) * (conf / *cnt as f64 - *hits as f64 / *cnt as f64).abs()
-        })
-        .sum();
+    let ece = expected_calibration_error(calibration);
     let accuracy = correct as f64 / total.max(1) as f64;
     // How often a photo that does show an instrument was called `none`.
     let none_k = index.get(NONE).copied();

@@ -185,14 +185,16 @@ impl Context<'_> {
             }
             Err(e) => {
                 let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or(Duration::MAX);
-                let kind = e.kind().to_string();
-                if may_still_be_written(&kind) && age < self.worker.young {
+                // A file still being written by a slow writer that paused longer
+                // than the settle interval can fail this way; while it is young
+                // it is looked at again later instead of recorded as an error.
+                if e.kind().may_be_partial_write() && age < self.worker.young {
                     tracing::debug!("{}: {e}; modified {age:?} ago, will look again", path_text(path));
                     self.send_back(path, Some(&hash));
                     return;
                 }
                 shared.tensors.give_back(tensor);
-                self.fail(path, gate, file, Some(hash), &kind, e.to_string());
+                self.fail(path, gate, file, Some(hash), e.kind().as_str(), e.to_string());
             }
         }
     }
@@ -216,12 +218,4 @@ impl Context<'_> {
             self.shared().ledger.release_path(path);
         }
     }
-}
-
-/// A file still being written by a slow writer that paused longer than the
-/// settle interval looks truncated, or, if only created or a few bytes in,
-/// empty or not an image (no full signature yet): while it is young it is
-/// looked at again later instead of being recorded as an error.
-fn may_still_be_written(kind: &str) -> bool {
-    matches!(kind, "corrupt" | "truncated" | "empty" | "not_image")
 }

@@ -110,12 +110,8 @@ pub struct FileMeta {
     pub mtime_ns: i64,
 }
 
-/// One of the top-k classes of a prediction.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Scored {
-    pub label: String,
-    pub confidence: f32,
-}
+/// One of the top-k classes of a prediction; defined with top-k in the model crate.
+pub use instrument_model::predict::Scored;
 
 #[derive(Debug, Clone)]
 pub struct PredictionRow {

@@ -21,7 +21,7 @@ CREATE TABLE files (
     size          INTEGER,
     mtime_ns      INTEGER,
     status        TEXT NOT NULL CHECK (status IN ('ok', 'error', 'deleted')),
-    error_kind    TEXT,                      -- empty, not_image, corrupt, too_large, unreadable, ...
+    error_kind    TEXT,                      -- empty, not_image, truncated, corrupt, too_large, unreadable, ...
     error         TEXT,                      -- a sentence for a person
     first_seen_at TEXT NOT NULL,
     classified_at TEXT,                      -- when this path's result was recorded

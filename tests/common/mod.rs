@@ -1,7 +1,7 @@
 //! Helpers for tests that start the real binary.
 #![allow(dead_code)]
 
-use instrument_detector::testkit;
+use instrument_model::testkit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ impl Setup {
             .arg(&self.model)
             .args(["--backend", "tract"])
             .args(args)
-            .env("RUST_LOG", "instrument_detector=debug")
+            .env("RUST_LOG", "instrument_detector=debug,instrument_model=debug")
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

@@ -8,7 +8,7 @@
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
-use instrument_detector::preprocess::{
+use instrument_model::preprocess::{
     DecodeLimits, PreprocessSpec, ResizeMode, crop_for, decode_rgb, normalize_into, resize_rgb,
     tensor_from_rgb,
 };
@@ -16,6 +16,34 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
+
+/// The images under `dir`, recursively, sorted: files with an image
+/// extension, hidden names (`.*`) skipped, like the dataset's class folders.
+/// (The daemon's own folder walk lives in the daemon, which training does
+/// not link.)
+pub fn images_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|e| IMAGE_EXTS.contains(&e.to_string_lossy().to_lowercase().as_str()))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
 
 #[derive(Debug, Clone)]
 pub struct Sample {

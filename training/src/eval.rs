@@ -4,9 +4,11 @@
 use crate::data::{Loader, Mode, Sample};
 use crate::nets::Network;
 use anyhow::Result;
-use instrument_detector::engine::Classifier;
-use instrument_detector::open_world::OpenWorld;
-use instrument_detector::preprocess::PreprocessSpec;
+use instrument_model::calibration::expected_calibration_error;
+use instrument_model::engine::Classifier;
+use instrument_model::model::softmax;
+use instrument_model::open_world::OpenWorld;
+use instrument_model::preprocess::PreprocessSpec;
 use ndarray::ArrayView4;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -171,26 +173,14 @@ impl Predictions {
         sum / self.labels.len().max(1) as f64
     }
 
-    /// Expected calibration error (15 equal-width confidence bins).
+    /// Expected calibration error at temperature `t`
+    /// ([`expected_calibration_error`], the daemon's `evaluate` uses the same).
     pub fn ece(&self, t: f64) -> f64 {
-        const BINS: usize = 15;
-        let mut conf = [0.0f64; BINS];
-        let mut acc = [0.0f64; BINS];
-        let mut count = [0usize; BINS];
-        for (row, &y) in self.logits.iter().zip(&self.labels) {
-            let p = instrument_detector::model::softmax(row, t as f32);
+        expected_calibration_error(self.logits.iter().zip(&self.labels).map(|(row, &y)| {
+            let p = softmax(row, t as f32);
             let k = argmax(&p);
-            let c = p[k] as f64;
-            let bin = ((c * BINS as f64) as usize).min(BINS - 1);
-            conf[bin] += c;
-            acc[bin] += (k == y) as u8 as f64;
-            count[bin] += 1;
-        }
-        let n = self.labels.len().max(1) as f64;
-        (0..BINS)
-            .filter(|&b| count[b] > 0)
-            .map(|b| (acc[b] - conf[b]).abs() / n)
-            .sum()
+            (p[k] as f64, k == y)
+        }))
     }
 
     /// These predictions followed by `other`'s (for fitting one temperature on both).

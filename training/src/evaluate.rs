@@ -4,9 +4,9 @@
 use crate::data::{Dataset, HARD_VARIANTS, Mode, limits, read_rgb};
 use crate::eval::{Predictions, Reader, Scorer, argmax, predict};
 use anyhow::{Context, Result};
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::LoadedModel;
-use instrument_detector::preprocess::{preprocess_bytes, resize_rgb};
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::LoadedModel;
+use instrument_model::preprocess::{preprocess_bytes, resize_rgb};
 use std::sync::Arc;
 
 fn line(name: &str, p: &Predictions, t: f64) -> String {

@@ -4,10 +4,10 @@
 
 use crate::nets::Network;
 use anyhow::{Context, Result, bail};
-use instrument_detector::engine::{self, BackendChoice, EngineOptions};
-use instrument_detector::model::{LoadedModel, keys};
-use instrument_detector::onnx::{Dim, GraphBuilder, dtype, encode};
-use instrument_detector::preprocess::{PreprocessSpec, ResizeMode};
+use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::model::{LoadedModel, ModelSpec, keys};
+use instrument_model::onnx::{Dim, GraphBuilder, dtype, encode};
+use instrument_model::preprocess::PreprocessSpec;
 use ndarray::ArrayView4;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -33,27 +33,14 @@ pub fn build_onnx(
     );
     let logits = net.emit(&mut g, "input", size);
     g.output(&logits, dtype::FLOAT, &[n, Dim::Fixed(net.output_width())]);
-    let json = |v: &[f32]| serde_json::to_string(v).expect("floats serialise");
-    g.metadata(
-        keys::LABELS,
-        serde_json::to_string(classes).expect("labels serialise"),
-    );
-    g.metadata(keys::INPUT_SIZE, spec.size.to_string());
-    g.metadata(keys::MEAN, json(&spec.mean));
-    g.metadata(keys::STD, json(&spec.std));
-    g.metadata(
-        keys::RESIZE,
-        match spec.resize {
-            ResizeMode::Stretch => "stretch",
-            ResizeMode::CenterCrop => "center_crop",
-        },
-    );
-    g.metadata(keys::OUTPUT, "logits");
-    g.metadata(keys::TEMPERATURE, "1");
-    g.metadata(keys::ARCHITECTURE, net.arch.as_str());
-    for (k, v) in extra {
-        g.metadata(k, v.clone());
-    }
+    let mut model = ModelSpec::new(classes.to_vec(), spec.clone());
+    model
+        .metadata
+        .insert(keys::ARCHITECTURE.into(), net.arch.as_str().into());
+    g.metadata_all(model.to_metadata());
+    // Entries given by the caller (dataset, `--meta`, the open world) come last
+    // and may replace any of the above.
+    g.metadata_all(extra.clone());
     encode(&g.build())
 }
 
@@ -73,19 +60,7 @@ pub fn build_backbone_onnx(net: &Network, spec: &PreprocessSpec) -> Vec<u8> {
     let dim = net.arch.feature_dim();
     g.output(&f, dtype::FLOAT, &[n, Dim::Fixed(dim)]);
     let labels: Vec<String> = (0..dim).map(|i| format!("f{i}")).collect();
-    g.metadata(
-        keys::LABELS,
-        serde_json::to_string(&labels).expect("labels serialise"),
-    );
-    g.metadata(keys::INPUT_SIZE, spec.size.to_string());
-    g.metadata(
-        keys::MEAN,
-        serde_json::to_string(&spec.mean).expect("floats serialise"),
-    );
-    g.metadata(
-        keys::STD,
-        serde_json::to_string(&spec.std).expect("floats serialise"),
-    );
+    g.metadata_all(ModelSpec::new(labels, spec.clone()).to_metadata());
     encode(&g.build())
 }
 
@@ -96,7 +71,7 @@ pub fn open_backbone_engine(
     net: &Network,
     spec: &PreprocessSpec,
     check: &Tensor,
-) -> Option<Box<dyn instrument_detector::engine::Classifier>> {
+) -> Option<Box<dyn instrument_model::engine::Classifier>> {
     let bytes = build_backbone_onnx(net, spec);
     let model = match LoadedModel::from_bytes(Path::new("backbone.onnx"), bytes) {
         Ok(m) => m,

@@ -3,10 +3,10 @@
 //! one of the dataset's labels, and which show an instrument at all.
 //!
 //! The trainer turns these tables into the model's open-world description
-//! ([`instrument_detector::open_world::OpenWorld`]); the daemon only ever reads
+//! ([`instrument_model::open_world::OpenWorld`]); the daemon only ever reads
 //! that description, so it holds no copy of them.
 
-use instrument_detector::open_world::{NoneRule, OpenWorld};
+use instrument_model::open_world::{NoneRule, OpenWorld};
 use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 

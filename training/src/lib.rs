@@ -3,7 +3,7 @@
 //!
 //! - [`data`]: the dataset (image folders or the CSV), augmentation and the
 //!   parallel, bounded loader. Decoding and resizing are the daemon's own
-//!   [`instrument_detector::preprocess`] functions, never a copy.
+//!   [`instrument_model::preprocess`] functions, never a copy.
 //! - [`nets`]: EfficientNet-Lite0/1/2 and ResNet50 in tch, with the ImageNet weight
 //!   names of their reference implementations, and their ONNX emitters.
 //! - [`weights`]: pretrained loading that checks every name and shape;

@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long)]
         data: PathBuf,
         #[arg(long, value_enum, default_value = "auto")]
-        backend: instrument_detector::engine::BackendChoice,
+        backend: instrument_model::engine::BackendChoice,
         /// Valid images to re-encode as 4000x3000 JPEGs for the size check (0 skips it).
         #[arg(long, default_value_t = 30)]
         big: usize,
@@ -134,7 +134,7 @@ fn main() -> Result<()> {
             extra.insert("training_args".into(), m.args.to_string());
             if let Some(ow) = &m.open_world {
                 // `--meta open_world=JSON` may replace it (new thresholds, say).
-                extra.insert(instrument_detector::open_world::KEY.into(), ow.to_string());
+                extra.insert(instrument_model::open_world::KEY.into(), ow.to_string());
             }
             extra.extend(meta);
             let parity =

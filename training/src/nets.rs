@@ -4,7 +4,7 @@
 //! ONNX graph (batch norm folded into the convolution), so the exported model
 //! is built from the same description that trained.
 
-use instrument_detector::onnx::{Attr, GraphBuilder};
+use instrument_model::onnx::{Attr, GraphBuilder};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
@@ -554,7 +554,7 @@ impl Network {
 
     /// A network that keeps the ImageNet classifier (`imagenet_classes` wide,
     /// loaded from the pretrained file's head, never trained). Its output rows
-    /// are our logits followed by the ImageNet logits (see `instrument_detector::open_world`).
+    /// are our logits followed by the ImageNet logits (see `instrument_model::open_world`).
     pub fn with_imagenet_head(
         arch: Arch,
         num_classes: i64,

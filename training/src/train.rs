@@ -17,8 +17,8 @@ use crate::weights::{
 };
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use instrument_detector::engine::{self, BackendChoice, Classifier, EngineOptions};
-use instrument_detector::open_world::{NoneRule, OpenWorld};
+use instrument_model::engine::{self, BackendChoice, Classifier, EngineOptions};
+use instrument_model::open_world::{NoneRule, OpenWorld};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -158,7 +158,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub open_world: bool,
     /// Weight of the ImageNet expert: combined = ours + W * ln q (see
-    /// `instrument_detector::open_world`). In the training loss only with
+    /// `instrument_model::open_world`). In the training loss only with
     /// --expert-in-loss; otherwise the cross-fitted bias is fitted for it.
     #[arg(long, default_value_t = 0.5)]
     pub expert_weight: f64,
@@ -405,7 +405,7 @@ pub struct NoneReport {
 pub struct Ctx {
     pub args: TrainArgs,
     pub ds: Dataset,
-    pub spec: instrument_detector::preprocess::PreprocessSpec,
+    pub spec: instrument_model::preprocess::PreprocessSpec,
     pub device: Device,
     pub workers: usize,
     /// The ImageNet expert and the `none` rule, when the ImageNet head is kept.
@@ -905,7 +905,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
         );
         if let Some(ow) = &ctx.open_world {
             extra.insert(
-                instrument_detector::open_world::KEY.to_string(),
+                instrument_model::open_world::KEY.to_string(),
                 ow.to_metadata(),
             );
         }
@@ -922,7 +922,7 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
             eprintln!("export parity: {x}");
         }
         parity = p.iter().map(|x| x.to_string()).collect();
-        let model = instrument_detector::model::LoadedModel::load(&model_path)?;
+        let model = instrument_model::model::LoadedModel::load(&model_path)?;
         for choice in [BackendChoice::OrtCpu, BackendChoice::Tract] {
             if let Ok((c, _)) = engine::open(&model, choice, &EngineOptions::default()) {
                 measured_on = format!("{} on the exported model.onnx", c.backend());
@@ -992,18 +992,19 @@ pub fn finish(ctx: &Ctx, net: &Network, best_epoch: usize, out: &Path) -> Result
     };
     if model_path.is_file() && !ctx.args.no_export {
         // Record calibration and accuracy in the model's metadata (weights untouched).
-        let bytes = std::fs::read(&model_path)?;
-        let mut proto = instrument_detector::onnx::decode(&bytes)?;
-        let mut entries = BTreeMap::new();
-        entries.insert("temperature".to_string(), format!("{t:.4}"));
-        entries.insert(
+        let model = instrument_model::model::LoadedModel::load(&model_path)?;
+        let mut spec = model.spec.clone();
+        // Four decimals are plenty, and keep the metadata readable.
+        spec.temperature = ((t * 1e4).round() / 1e4) as f32;
+        spec.metadata.insert(
             "accuracy".to_string(),
             serde_json::json!({"valid": vp.accuracy(), "hard_valid": hard_acc, "test": test_acc})
                 .to_string(),
         );
-        instrument_detector::onnx::set_metadata(&mut proto, &entries);
-        std::fs::write(&model_path, instrument_detector::onnx::encode(&proto))?;
-        instrument_detector::model::LoadedModel::load(&model_path)?;
+        let mut proto = (*model.proto).clone();
+        instrument_model::onnx::set_metadata(&mut proto, &spec.to_metadata());
+        std::fs::write(&model_path, instrument_model::onnx::encode(&proto))?;
+        instrument_model::model::LoadedModel::load(&model_path)?;
         eprintln!("wrote {} (temperature {t:.3})", model_path.display());
     }
     let report_md = format!(
@@ -1072,8 +1073,7 @@ fn none_report(
 ) -> Result<NoneReport> {
     let (mut negatives_called_none, mut negatives_total) = (0, 0);
     if let Some(dir) = &ctx.args.negatives {
-        let paths = instrument_detector::batch::expand_paths(std::slice::from_ref(dir))
-            .map_err(anyhow::Error::msg)?;
+        let paths = crate::data::images_under(dir)?;
         let samples: Vec<Sample> = paths
             .into_iter()
             .map(|path| Sample { path, label: 0 })
@@ -1095,7 +1095,7 @@ fn none_report(
 /// The first `n` images of `samples`, preprocessed like the daemon does.
 pub fn real_inputs(
     samples: &[Sample],
-    spec: &instrument_detector::preprocess::PreprocessSpec,
+    spec: &instrument_model::preprocess::PreprocessSpec,
     n: usize,
 ) -> Result<Tensor> {
     let n = n.min(samples.len()).max(1);

@@ -167,7 +167,7 @@ pub struct CheckpointMeta {
     #[serde(default)]
     pub imagenet_classes: Option<i64>,
     /// How the daemon reads the ImageNet logits and when it says `none`
-    /// (`instrument_detector::open_world::OpenWorld` as JSON).
+    /// (`instrument_model::open_world::OpenWorld` as JSON).
     #[serde(default)]
     pub open_world: Option<serde_json::Value>,
 }

@@ -3,8 +3,8 @@
 //! graph written by the project computes what tch computes (checked in tract
 //! through the daemon's engine, and ONNX Runtime where it opens).
 
-use instrument_detector::model::LoadedModel;
-use instrument_detector::preprocess::{PreprocessSpec, ResizeMode};
+use instrument_model::model::LoadedModel;
+use instrument_model::preprocess::{PreprocessSpec, ResizeMode};
 use std::collections::BTreeMap;
 use tch::{Device, Kind, Tensor};
 use training::export::{build_onnx, check_parity};
@@ -48,13 +48,13 @@ fn check_net(net: &Network, size: u32) {
     let mut extra = BTreeMap::new();
     if net.imagenet_classes().is_some() {
         // Without this description the loader refuses the wider rows.
-        let rule = instrument_detector::open_world::NoneRule {
+        let rule = instrument_model::open_world::NoneRule {
             max_instrument_mass: 0.03,
             max_confidence: 0.9,
         };
         let ow = training::imagenet::open_world(&classes, 0.5, rule);
         extra.insert(
-            instrument_detector::open_world::KEY.to_string(),
+            instrument_model::open_world::KEY.to_string(),
             ow.to_metadata(),
         );
     }

@@ -4,7 +4,7 @@
 //! trains everything in tch; a resumed run adds epoch 4.
 
 use image::ImageFormat;
-use instrument_detector::testkit::{COLOR_LABELS, color_image, encode};
+use instrument_model::testkit::{COLOR_LABELS, color_image, encode};
 use std::path::Path;
 use training::nets::Arch;
 use training::train::{AugmentLevel, DeviceChoice, OptimizerKind, TrainArgs};
@@ -66,7 +66,7 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing from the run folder");
     }
-    let model = instrument_detector::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
+    let model = instrument_model::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
     assert_eq!(
         model.spec.labels,
         ["blue", "green", "red"],
@@ -180,7 +180,7 @@ fn an_open_world_run_keeps_the_imagenet_head_and_exports_the_none_rule() {
         "{none:?}"
     );
 
-    let model = instrument_detector::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
+    let model = instrument_model::model::LoadedModel::load(&out.join("model.onnx")).unwrap();
     let ow = model
         .spec
         .open_world

@@ -179,7 +179,7 @@ impl OpenWorld {
     }
 
     /// Columns a row of this model's output holds.
-    pub fn row_width(&self, labels: usize) -> usize {
+    pub(crate) fn row_width(&self, labels: usize) -> usize {
         labels + self.imagenet_classes
     }
 
@@ -193,7 +193,7 @@ impl OpenWorld {
     }
 
     /// The rule on its two numbers.
-    pub fn none_verdict(&self, instrument_mass: f32, best_probability: f32) -> Option<f32> {
+    pub(crate) fn none_verdict(&self, instrument_mass: f32, best_probability: f32) -> Option<f32> {
         let rule = self.none_rule;
         (instrument_mass < rule.max_instrument_mass && best_probability < rule.max_confidence)
             .then_some(1.0 - instrument_mass)

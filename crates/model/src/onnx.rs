@@ -17,21 +17,21 @@ use tract_onnx::pb;
 
 pub use tract_onnx::pb::ModelProto;
 /// Re-exported so other modules can name graph input types.
-pub mod pb_value_info {
+pub(crate) mod pb_value_info {
     pub use tract_onnx::pb::ValueInfoProto;
 }
 
 /// ONNX `TensorProto.DataType` codes we use.
 pub mod dtype {
     pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
+    pub(crate) const UINT8: i32 = 2;
     pub const INT8: i32 = 3;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
+    pub(crate) const INT32: i32 = 6;
+    pub(crate) const INT64: i32 = 7;
 }
 
 /// The opset every graph we write declares.
-pub const OPSET: i64 = 17;
+pub(crate) const OPSET: i64 = 17;
 
 /// An attribute value for [`GraphBuilder::node`].
 #[derive(Debug, Clone)]
@@ -143,20 +143,6 @@ impl GraphBuilder {
         self.raw_constant(name, dtype::INT64, dims, raw)
     }
 
-    pub fn constant_i8(&mut self, name: &str, dims: &[i64], data: &[i8]) -> String {
-        let raw: Vec<u8> = data.iter().map(|v| *v as u8).collect();
-        self.raw_constant(name, dtype::INT8, dims, raw)
-    }
-
-    pub fn constant_u8(&mut self, name: &str, dims: &[i64], data: &[u8]) -> String {
-        self.raw_constant(name, dtype::UINT8, dims, data.to_vec())
-    }
-
-    pub fn constant_i32(&mut self, name: &str, dims: &[i64], data: &[i32]) -> String {
-        let raw: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.raw_constant(name, dtype::INT32, dims, raw)
-    }
-
     fn raw_constant(&mut self, name: &str, data_type: i32, dims: &[i64], raw: Vec<u8>) -> String {
         self.graph.initializer.push(pb::TensorProto {
             name: name.to_string(),
@@ -174,7 +160,7 @@ impl GraphBuilder {
         out.to_string()
     }
 
-    pub fn node_multi(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, Attr)>) {
+    fn node_multi(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, Attr)>) {
         let name = self.fresh(op);
         self.graph.node.push(pb::NodeProto {
             name,
@@ -188,6 +174,12 @@ impl GraphBuilder {
 
     pub fn metadata(&mut self, key: &str, value: impl Into<String>) {
         self.metadata.insert(key.to_string(), value.into());
+    }
+
+    /// Adds (or replaces) many metadata entries, e.g. a whole
+    /// [`ModelSpec::to_metadata`](crate::model::ModelSpec::to_metadata).
+    pub fn metadata_all(&mut self, entries: BTreeMap<String, String>) {
+        self.metadata.extend(entries);
     }
 
     pub fn build(self) -> ModelProto {

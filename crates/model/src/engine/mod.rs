@@ -11,7 +11,7 @@
 //! declares; and on every batch after that (see `Checked`).
 
 pub mod ort_backend;
-pub mod tract_backend;
+pub(crate) mod tract_backend;
 
 use crate::model::LoadedModel;
 use ndarray::{Array2, ArrayView4};
@@ -100,7 +100,7 @@ pub trait Classifier: Send {
 
 /// Physical cores, which is what inference threads should match (SMT siblings
 /// share the vector units a convolution saturates).
-pub fn physical_cores() -> usize {
+pub(crate) fn physical_cores() -> usize {
     // Count distinct (package, core) pairs from sysfs; fall back to logical CPUs.
     let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut seen = std::collections::HashSet::new();

@@ -45,8 +45,8 @@ use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
 /// Metadata key written into quantised models, and its value.
-pub const QUANTIZATION_KEY: &str = "quantization";
-pub const QUANTIZATION_VALUE: &str = "int8-qdq";
+pub(crate) const QUANTIZATION_KEY: &str = "quantization";
+pub(crate) const QUANTIZATION_VALUE: &str = "int8-qdq";
 
 /// Ops whose float activation inputs are quantised.
 const QUANTIZED_INPUT_OPS: &[&str] = &["Conv", "Gemm", "Add", "GlobalAveragePool"];
@@ -89,7 +89,7 @@ impl QuantizeOptions {
 }
 
 /// Whether this CPU (and kernel) offers AMX-INT8, from `/proc/cpuinfo`.
-pub fn cpu_has_amx_int8() -> bool {
+pub(crate) fn cpu_has_amx_int8() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .map(|s| s.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "amx_int8")))
         .unwrap_or(false)
@@ -116,7 +116,7 @@ impl Range {
     }
     /// uint8 asymmetric parameters; the range always includes 0 so that zero
     /// (padding) is exact.
-    pub fn uint8_params(&self) -> (f32, u8) {
+    pub(crate) fn uint8_params(&self) -> (f32, u8) {
         let lo = self.min.min(0.0);
         let hi = self.max.max(0.0);
         let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };

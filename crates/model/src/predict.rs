@@ -1,7 +1,13 @@
 //! Raw model outputs to ranked labels, shared by every command that classifies.
 
 use crate::model::ModelSpec;
-use crate::store::Scored;
+
+/// One of the top-k classes of a prediction (stored as JSON by the daemon).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Scored {
+    pub label: String,
+    pub confidence: f32,
+}
 
 /// The verdict first, then the `k` most probable labels of one output row.
 ///

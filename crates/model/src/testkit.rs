@@ -4,8 +4,9 @@
 //! own: a colour classifier whose answer is known in advance (a red picture is
 //! "red"), written through the same ONNX writer the trainer uses.
 
-use crate::model::keys;
+use crate::model::{ModelSpec, keys};
 use crate::onnx::{Attr, Dim, GraphBuilder, dtype};
+use crate::preprocess::{PreprocessSpec, ResizeMode};
 use image::{DynamicImage, ImageFormat, RgbImage};
 use std::path::Path;
 
@@ -17,6 +18,14 @@ pub const COLOR_LABELS: [&str; 3] = ["red", "green", "blue"];
 /// logits (10, -10, -10) and is classified "red" with ~100% confidence.
 pub fn color_model(size: u32) -> Vec<u8> {
     color_model_with(size, &COLOR_LABELS.map(String::from), 3)
+}
+
+/// The spec of the colour models: inputs normalised with mean and std 0.5.
+fn color_spec(size: u32, labels: &[String], architecture: &str) -> ModelSpec {
+    let preprocess = PreprocessSpec { size, mean: [0.5; 3], std: [0.5; 3], resize: ResizeMode::Stretch };
+    let mut spec = ModelSpec::new(labels.to_vec(), preprocess);
+    spec.metadata.insert(keys::ARCHITECTURE.into(), architecture.into());
+    spec
 }
 
 /// Like [`color_model`], but with any label list and output width (used to
@@ -36,11 +45,7 @@ pub fn color_model_with(size: u32, labels: &[String], outputs: usize) -> Vec<u8>
     let b = g.constant_f32("b", &[outputs as i64], &vec![0.0; outputs]);
     g.node("Gemm", &[&flat, &w, &b], "logits", vec![("transB", Attr::Int(1))]);
     g.output("logits", dtype::FLOAT, &[n, Dim::Fixed(outputs as i64)]);
-    g.metadata(keys::LABELS, serde_json::to_string(labels).expect("labels serialise"));
-    g.metadata(keys::INPUT_SIZE, size.to_string());
-    g.metadata(keys::MEAN, "[0.5, 0.5, 0.5]");
-    g.metadata(keys::STD, "[0.5, 0.5, 0.5]");
-    g.metadata(keys::ARCHITECTURE, "color-test");
+    g.metadata_all(color_spec(size, labels, "color-test").to_metadata());
     crate::onnx::encode(&g.build())
 }
 
@@ -72,12 +77,9 @@ pub fn open_world_color_model(size: u32) -> Vec<u8> {
     let b = g.constant_f32("b", &[7], &[0.0; 7]);
     g.node("Gemm", &[&flat, &w, &b], "scores", vec![("transB", Attr::Int(1))]);
     g.output("scores", dtype::FLOAT, &[n, Dim::Fixed(7)]);
-    g.metadata(keys::LABELS, serde_json::to_string(&COLOR_LABELS).expect("labels serialise"));
-    g.metadata(keys::INPUT_SIZE, size.to_string());
-    g.metadata(keys::MEAN, "[0.5, 0.5, 0.5]");
-    g.metadata(keys::STD, "[0.5, 0.5, 0.5]");
-    g.metadata(keys::ARCHITECTURE, "color-open-world-test");
-    g.metadata(crate::open_world::KEY, open_world_color_description().to_metadata());
+    let mut spec = color_spec(size, &COLOR_LABELS.map(String::from), "color-open-world-test");
+    spec.open_world = Some(open_world_color_description());
+    g.metadata_all(spec.to_metadata());
     crate::onnx::encode(&g.build())
 }
 

@@ -71,8 +71,64 @@ impl Default for DecodeLimits {
     }
 }
 
-/// Why an image could not be turned into a tensor. Each has a stable `kind()`
-/// stored in the database, and a message meant for a person.
+/// The closed set of reasons an image is refused: the `error_kind` stored in
+/// the database, counted by `stats` and matched on by the daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DecodeFailure {
+    /// No bytes at all.
+    Empty,
+    /// No supported image signature.
+    NotImage,
+    /// A format (or a feature of one) the decoders do not handle.
+    Unsupported,
+    /// Over the pixel, side or file size limits.
+    TooLarge,
+    /// The image data ends before the image does (a cut download, a copy
+    /// still being written).
+    Truncated,
+    /// Damaged or invalid data.
+    Corrupt,
+}
+
+impl DecodeFailure {
+    /// The stable name stored in the `error_kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeFailure::Empty => "empty",
+            DecodeFailure::NotImage => "not_image",
+            DecodeFailure::Unsupported => "unsupported",
+            DecodeFailure::TooLarge => "too_large",
+            DecodeFailure::Truncated => "truncated",
+            DecodeFailure::Corrupt => "corrupt",
+        }
+    }
+
+    /// Whether a file that is still being written could fail this way: it may
+    /// be empty, hold less than a full signature, end early, or end inside a
+    /// header. A caller that sees a young file fail so may look again later.
+    pub fn may_be_partial_write(self) -> bool {
+        matches!(
+            self,
+            DecodeFailure::Empty | DecodeFailure::NotImage | DecodeFailure::Truncated | DecodeFailure::Corrupt
+        )
+    }
+}
+
+impl std::fmt::Display for DecodeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<DecodeFailure> for String {
+    fn from(kind: DecodeFailure) -> String {
+        kind.as_str().to_string()
+    }
+}
+
+/// Why an image could not be turned into a tensor. Each has a stable
+/// [`kind()`](ImageError::kind) stored in the database, and a message meant
+/// for a person.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error("the file is empty")]
@@ -85,19 +141,22 @@ pub enum ImageError {
     TooLarge { width: u32, height: u32, limit: String },
     #[error("file is {bytes} bytes, over the limit of {limit} bytes")]
     FileTooLarge { bytes: u64, limit: u64 },
-    #[error("corrupt or truncated {format}: {detail}")]
+    #[error("truncated {format}: {detail}")]
+    Truncated { format: String, detail: String },
+    #[error("corrupt {format}: {detail}")]
     Corrupt { format: String, detail: String },
 }
 
 impl ImageError {
-    /// A short, stable name for statistics and queries (`error_kind` column).
-    pub fn kind(&self) -> &'static str {
+    /// The kind, for statistics and queries (`error_kind` column).
+    pub fn kind(&self) -> DecodeFailure {
         match self {
-            ImageError::Empty => "empty",
-            ImageError::NotAnImage(_) => "not_image",
-            ImageError::Unsupported { .. } => "unsupported",
-            ImageError::TooLarge { .. } | ImageError::FileTooLarge { .. } => "too_large",
-            ImageError::Corrupt { .. } => "corrupt",
+            ImageError::Empty => DecodeFailure::Empty,
+            ImageError::NotAnImage(_) => DecodeFailure::NotImage,
+            ImageError::Unsupported { .. } => DecodeFailure::Unsupported,
+            ImageError::TooLarge { .. } | ImageError::FileTooLarge { .. } => DecodeFailure::TooLarge,
+            ImageError::Truncated { .. } => DecodeFailure::Truncated,
+            ImageError::Corrupt { .. } => DecodeFailure::Corrupt,
         }
     }
 }
@@ -151,6 +210,131 @@ pub fn decode_rgb(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<
     decode_generic(bytes, format, limits)
 }
 
+/// [`ImageError::Truncated`] when a JPEG or PNG ends before its image does.
+/// Checked once the header has passed the size limits (a decompression bomb
+/// is `too_large` first, however short), and when a header cannot be read.
+fn cut(bytes: &[u8], format: ImageFormat) -> Option<ImageError> {
+    truncation(bytes, format).map(|detail| ImageError::Truncated { format: format_name(format), detail })
+}
+
+/// Why a JPEG or PNG ends before its image does, judged from its structure
+/// alone (no decoding), or `None` when it is whole or of another format.
+///
+/// Both decoders tolerate a cut file: the JPEG decoders fill the missing
+/// blocks with grey and return a picture, so the first 3 KB of a 15 KB photo
+/// would be classified. The rules:
+/// - JPEG: walk the marker segments from SOI to the first SOS (every segment
+///   before it carries its length, so an EXIF thumbnail's own EOI inside APP1
+///   is stepped over); then the file must hold an EOI (`FF D9`) after that
+///   SOS. Entropy-coded data stuffs every `FF` byte as `FF 00`, so `FF D9` there
+///   is the real end of the image; bytes after it (trailing garbage some
+///   cameras and editors append) are allowed.
+/// - PNG: walk the chunks (length, type, data, CRC) from the signature; the
+///   file must reach an `IEND` chunk.
+///
+/// A file that ends inside its headers is truncated too. A structure that is
+/// wrong rather than short (a segment that does not start with `FF`) is left
+/// to the decoder, which calls it corrupt.
+fn truncation(bytes: &[u8], format: ImageFormat) -> Option<String> {
+    match format {
+        ImageFormat::Jpeg => jpeg_truncation(bytes),
+        ImageFormat::Png => png_truncation(bytes),
+        _ => None,
+    }
+}
+
+fn jpeg_truncation(bytes: &[u8]) -> Option<String> {
+    let ends_in_headers = || Some(format!("the file ends inside the headers, at byte {}", bytes.len()));
+    // SOI is bytes 0..2 (the sniffer checked it).
+    let mut pos = 2;
+    let mut scans = 0;
+    loop {
+        if pos + 2 > bytes.len() {
+            return if scans == 0 { ends_in_headers() } else { Some(no_eoi(bytes.len())) };
+        }
+        if bytes[pos] != 0xFF {
+            return None; // not a marker: corrupt, the decoder's call
+        }
+        let marker = bytes[pos + 1];
+        match marker {
+            // Fill bytes before a marker.
+            0xFF => pos += 1,
+            // Markers without a length (TEM, RSTn, a stray SOI).
+            0x01 | 0xD0..=0xD8 => pos += 2,
+            0xD9 if scans == 0 => return Some("the image ends before its first scan".into()),
+            0xD9 => return None,
+            _ => {
+                if pos + 4 > bytes.len() {
+                    return ends_in_headers();
+                }
+                let len = u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]) as usize;
+                if len < 2 {
+                    return None;
+                }
+                pos += 2 + len;
+                if pos > bytes.len() {
+                    return Some(format!("a header segment runs past the end of the file ({} bytes)", bytes.len()));
+                }
+                if marker == 0xDA {
+                    // Start of scan: entropy-coded data follows, in which an
+                    // `FF` is stuffed as `FF 00` or starts a restart marker;
+                    // any other `FF xx` is the next marker (another scan's
+                    // tables, or EOI).
+                    scans += 1;
+                    pos = next_marker(bytes, pos).unwrap_or(bytes.len());
+                }
+            }
+        }
+    }
+}
+
+/// The offset of the first marker at or after `from` in entropy-coded data;
+/// `None` when the data runs to the end of the file without one.
+fn next_marker(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while i + 1 < bytes.len() {
+        if bytes[i] == 0xFF {
+            match bytes[i + 1] {
+                0x00 | 0xD0..=0xD7 => i += 2,
+                0xFF => i += 1,
+                _ => return Some(i),
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+fn no_eoi(len: usize) -> String {
+    format!("the image data ends at byte {len} without an end-of-image marker")
+}
+
+fn png_truncation(bytes: &[u8]) -> Option<String> {
+    let mut pos = 8; // the signature (the sniffer checked it)
+    loop {
+        if pos + 8 > bytes.len() {
+            return Some(format!("the file ends at byte {} before the IEND chunk", bytes.len()));
+        }
+        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]) as usize;
+        let kind = &bytes[pos + 4..pos + 8];
+        let end = pos.saturating_add(12).saturating_add(len);
+        if end > bytes.len() {
+            let name = String::from_utf8_lossy(kind);
+            return Some(format!("the {name} chunk runs past the end of the file ({} bytes)", bytes.len()));
+        }
+        if kind == b"IEND" {
+            return None;
+        }
+        pos = end;
+    }
+}
+
+/// Whether a decoder's I/O error means the data ran out.
+fn is_eof(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::UnexpectedEof
+}
+
 fn format_name(format: ImageFormat) -> String {
     format!("{format:?}").to_uppercase()
 }
@@ -173,7 +357,12 @@ fn decode_generic(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> R
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => ImageError::TooLarge { width: 0, height: 0, limit: l.to_string() },
         image::ImageError::Unsupported(u) => ImageError::Unsupported { format: format!("{fname} ({u})") },
-        other => ImageError::Corrupt { format: fname.clone(), detail: other.to_string() },
+        other => cut(bytes, format).unwrap_or_else(|| match other {
+            image::ImageError::IoError(io) if is_eof(&io) => {
+                ImageError::Truncated { format: fname.clone(), detail: io.to_string() }
+            }
+            other => ImageError::Corrupt { format: fname.clone(), detail: other.to_string() },
+        }),
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut image_limits = Limits::default();
@@ -184,6 +373,9 @@ fn decode_generic(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> R
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
     let (w, h) = decoder.dimensions();
     check_dims(w, h, limits)?;
+    if let Some(e) = cut(bytes, format) {
+        return Err(e);
+    }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     img.apply_orientation(orientation);
@@ -214,12 +406,22 @@ fn to_rgb8(img: DynamicImage) -> RgbImage {
 /// DCT-scaled JPEG decode. Returns `Ok(None)` when scaling would not help (the
 /// photo is already small) or the colour type is one we leave to the generic path.
 fn decode_jpeg_scaled(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<Option<RgbImage>, ImageError> {
-    let corrupt = |e: jpeg_decoder::Error| ImageError::Corrupt { format: "JPEG".into(), detail: e.to_string() };
+    let corrupt = |e: jpeg_decoder::Error| {
+        cut(bytes, ImageFormat::Jpeg).unwrap_or_else(|| match e {
+            jpeg_decoder::Error::Io(io) if is_eof(&io) => {
+                ImageError::Truncated { format: "JPEG".into(), detail: io.to_string() }
+            }
+            other => ImageError::Corrupt { format: "JPEG".into(), detail: other.to_string() },
+        })
+    };
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
     decoder.read_info().map_err(corrupt)?;
     let Some(info) = decoder.info() else { return Ok(None) };
     let (w, h) = (info.width as u32, info.height as u32);
     check_dims(w, h, limits)?;
+    if let Some(e) = cut(bytes, ImageFormat::Jpeg) {
+        return Err(e);
+    }
     if w.min(h) < 2 * min_side || info.pixel_format != jpeg_decoder::PixelFormat::RGB24 {
         // Nothing to gain (or CMYK/16-bit, which the generic decoder converts properly).
         return Ok(None);
@@ -302,8 +504,7 @@ pub fn preprocess_bytes(
 }
 
 /// One fuzz input through the bytes-to-tensor path, shared by the libFuzzer
-/// target (which compiles this file on its own, so it lives here) and the
-/// mutation fuzzer. The last byte picks the model input and resize mode, so
+/// target (`fuzz/`) and the mutation fuzzer (`tests/reliability_fuzz.rs`). The last byte picks the model input and resize mode, so
 /// the stretch and centre-crop paths and the scaled JPEG decode are reached.
 /// Panics if a decoded tensor holds a non-finite value.
 #[doc(hidden)]
@@ -370,12 +571,112 @@ mod tests {
     #[test]
     fn errors_have_kinds() {
         let limits = DecodeLimits::default();
-        assert_eq!(decode_rgb(&[], 224, &limits).unwrap_err().kind(), "empty");
-        assert_eq!(decode_rgb(b"just some text\n", 224, &limits).unwrap_err().kind(), "not_image");
+        assert_eq!(decode_rgb(&[], 224, &limits).unwrap_err().kind(), DecodeFailure::Empty);
+        assert_eq!(decode_rgb(b"just some text\n", 224, &limits).unwrap_err().kind(), DecodeFailure::NotImage);
         let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([9, 9, 9])));
         let jpeg = encode(&img, ImageFormat::Jpeg);
         let truncated = &jpeg[..jpeg.len() / 3];
-        assert_eq!(decode_rgb(truncated, 224, &limits).unwrap_err().kind(), "corrupt");
+        assert_eq!(decode_rgb(truncated, 224, &limits).unwrap_err().kind(), DecodeFailure::Truncated);
+        // Damage rather than shortness: the segment after the first one does not start with FF.
+        let mut damaged = jpeg.clone();
+        damaged[4 + u16::from_be_bytes([jpeg[4], jpeg[5]]) as usize] = 0x00;
+        assert_eq!(decode_rgb(&damaged, 224, &limits).unwrap_err().kind(), DecodeFailure::Corrupt);
+    }
+
+    #[test]
+    fn failure_kinds_have_distinct_stable_names() {
+        use DecodeFailure::*;
+        let all = [Empty, NotImage, Unsupported, TooLarge, Truncated, Corrupt];
+        let names: Vec<&str> = all.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["empty", "not_image", "unsupported", "too_large", "truncated", "corrupt"]);
+        for k in all {
+            assert_eq!(k.to_string(), k.as_str());
+            assert_eq!(String::from(k), k.as_str());
+        }
+        assert!(DecodeFailure::Truncated.may_be_partial_write());
+        assert!(!DecodeFailure::TooLarge.may_be_partial_write());
+    }
+
+    /// A photo with texture, so the encoders write a realistic amount of
+    /// entropy-coded data (a flat picture compresses to almost nothing).
+    fn textured(w: u32, h: u32) -> DynamicImage {
+        DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x ^ y) as u8, ((x * y) % 251) as u8])
+        }))
+    }
+
+    /// Cut points: inside the headers, early, middle and late in the image
+    /// data, and one byte short.
+    fn cuts(len: usize) -> Vec<usize> {
+        vec![12, 20, 100, len / 5, len / 2, len * 9 / 10, len - 2, len - 1]
+    }
+
+    fn assert_truncated_everywhere(bytes: &[u8], min_side: u32, what: &str) {
+        let limits = DecodeLimits::default();
+        decode_rgb(bytes, min_side, &limits).unwrap_or_else(|e| panic!("{what}: the whole file must decode: {e}"));
+        for cut in cuts(bytes.len()) {
+            let err = decode_rgb(&bytes[..cut], min_side, &limits)
+                .map(|img| format!("decoded as {}x{}", img.width(), img.height()))
+                .map_err(|e| (e.kind(), e.to_string()));
+            assert!(
+                matches!(err, Err((DecodeFailure::Truncated, _))),
+                "{what} cut at {cut} of {} bytes: {err:?}",
+                bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused_as_truncated() {
+        // Small (the generic decoder) and large (the DCT-scaled decoder).
+        let small = encode(&textured(120, 90), ImageFormat::Jpeg);
+        assert!(small.len() > 3000, "{} bytes", small.len());
+        assert_truncated_everywhere(&small, 224, "small JPEG");
+        assert_truncated_everywhere(&small, 0, "small JPEG, full decode");
+        let large = encode(&textured(1000, 800), ImageFormat::Jpeg);
+        assert_truncated_everywhere(&large, 224, "large JPEG");
+    }
+
+    #[test]
+    fn a_jpeg_with_trailing_bytes_or_an_exif_thumbnail_is_whole() {
+        let limits = DecodeLimits::default();
+        let jpeg = encode(&textured(120, 90), ImageFormat::Jpeg);
+        // Trailing garbage after EOI, as some cameras and editors write.
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"\0\0\0garbage\xFF\xD8");
+        assert!(decode_rgb(&trailing, 224, &limits).is_ok());
+        // An APP1 segment holding a whole (thumbnail) JPEG, EOI included: the
+        // photo cut after it is still truncated, the whole photo decodes.
+        let thumb = encode(&textured(8, 8), ImageFormat::Jpeg);
+        let mut app1 = vec![0xFF, 0xE1];
+        app1.extend_from_slice(&((thumb.len() + 2) as u16).to_be_bytes());
+        app1.extend_from_slice(&thumb);
+        let with_thumb: Vec<u8> = jpeg[..2].iter().chain(&app1).chain(&jpeg[2..]).copied().collect();
+        assert!(decode_rgb(&with_thumb, 224, &limits).is_ok());
+        let cut = &with_thumb[..app1.len() + jpeg.len() / 2];
+        assert_eq!(decode_rgb(cut, 224, &limits).unwrap_err().kind(), DecodeFailure::Truncated);
+    }
+
+    #[test]
+    fn a_progressive_style_jpeg_needs_its_last_scan() {
+        // Two scans: headers, scan 1, a table segment, scan 2, EOI. Cut in
+        // the second scan it has the first scan's data and no EOI.
+        let jpeg = encode(&textured(64, 64), ImageFormat::Jpeg);
+        let eoi = jpeg.len() - 2;
+        assert_eq!(&jpeg[eoi..], [0xFF, 0xD9]);
+        let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let mut two_scans = jpeg[..eoi].to_vec();
+        two_scans.extend_from_slice(&[0xFF, 0xFE, 0x00, 0x04, 0xFF, 0xD9]); // a COM holding FF D9
+        two_scans.extend_from_slice(&jpeg[sos..]);
+        assert_eq!(jpeg_truncation(&two_scans), None);
+        let cut = &two_scans[..two_scans.len() - 10];
+        assert!(jpeg_truncation(cut).is_some());
+    }
+
+    #[test]
+    fn truncated_pngs_are_refused_as_truncated() {
+        let png = encode(&textured(120, 90), ImageFormat::Png);
+        assert_truncated_everywhere(&png, 224, "PNG");
     }
 
     #[test]
@@ -383,7 +684,7 @@ mod tests {
         // A valid PNG header claiming 60000x60000 pixels and no data.
         let png = crate::testkit::png_header_claiming(60000, 60000);
         let err = decode_rgb(&png, 224, &DecodeLimits::default()).unwrap_err();
-        assert_eq!(err.kind(), "too_large", "{err}");
+        assert_eq!(err.kind(), DecodeFailure::TooLarge, "{err}");
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub enum OutputKind {
     Probabilities,
 }
 
-/// Everything the daemon needs to know about a model, read from its metadata.
-#[derive(Debug, Clone)]
+/// Everything the daemon needs to know about a model, read from its metadata
+/// ([`ModelSpec::from_metadata`]) and written into it ([`ModelSpec::to_metadata`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub labels: Vec<String>,
     pub preprocess: PreprocessSpec,
@@ -59,6 +60,8 @@ pub struct ModelSpec {
     pub temperature: f32,
     /// The appended ImageNet head and the "no instrument" rule, when the model has them.
     pub open_world: Option<OpenWorld>,
+    /// Every metadata entry of the file, those beyond the contract
+    /// (architecture, dataset, accuracy, ...) included.
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -73,6 +76,50 @@ pub struct Judgement {
 }
 
 impl ModelSpec {
+    /// A spec for a new model: `labels` in output order, fed as `preprocess`
+    /// says; logits out, temperature 1, no open world, no other metadata.
+    pub fn new(labels: Vec<String>, preprocess: PreprocessSpec) -> ModelSpec {
+        ModelSpec {
+            labels,
+            preprocess,
+            output: OutputKind::Logits,
+            temperature: 1.0,
+            open_world: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// The metadata map [`from_metadata`](Self::from_metadata) reads this spec
+    /// back from: [`metadata`](Self::metadata) with every key of the contract
+    /// written from the typed fields over it (`open_world` removed when there
+    /// is none). The one writer of the contract: the trainer's export, the
+    /// test models and the examples all go through it.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let json = |v: &[f32]| serde_json::to_string(v).expect("floats serialise");
+        let mut meta = self.metadata.clone();
+        let mut put = |key: &str, value: String| meta.insert(key.to_string(), value);
+        put(keys::LABELS, serde_json::to_string(&self.labels).expect("labels serialise"));
+        put(keys::INPUT_SIZE, self.preprocess.size.to_string());
+        put(keys::MEAN, json(&self.preprocess.mean));
+        put(keys::STD, json(&self.preprocess.std));
+        let resize = match self.preprocess.resize {
+            ResizeMode::Stretch => "stretch",
+            ResizeMode::CenterCrop => "center_crop",
+        };
+        put(keys::RESIZE, resize.into());
+        let output = match self.output {
+            OutputKind::Logits => "logits",
+            OutputKind::Probabilities => "probabilities",
+        };
+        put(keys::OUTPUT, output.into());
+        put(keys::TEMPERATURE, self.temperature.to_string());
+        match &self.open_world {
+            Some(ow) => meta.insert(crate::open_world::KEY.to_string(), ow.to_metadata()),
+            None => meta.remove(crate::open_world::KEY),
+        };
+        meta
+    }
+
     /// Parses the metadata map. Missing labels or input size are errors;
     /// normalisation defaults to ImageNet's, as torchvision models expect.
     pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<ModelSpec, String> {
@@ -297,4 +344,56 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ModelSpec {
+        let preprocess = PreprocessSpec {
+            size: 160,
+            mean: [0.5, 0.25, 0.125],
+            std: [0.2, 0.3, 0.4],
+            resize: ResizeMode::CenterCrop,
+        };
+        ModelSpec::new(vec!["red".into(), "green".into(), "blue".into()], preprocess)
+    }
+
+    /// Reading back what was written gives the same spec, whatever the fields.
+    #[test]
+    fn metadata_round_trips() {
+        let mut s = spec();
+        s.metadata.insert(keys::ARCHITECTURE.into(), "test-net".into());
+        s.temperature = 1.7;
+        let back = ModelSpec::from_metadata(&s.to_metadata()).unwrap();
+        assert_eq!(back.metadata, s.to_metadata());
+        assert_eq!(ModelSpec { metadata: s.to_metadata(), ..s.clone() }, back);
+
+        s.output = OutputKind::Probabilities;
+        s.preprocess.resize = ResizeMode::Stretch;
+        let back = ModelSpec::from_metadata(&s.to_metadata()).unwrap();
+        assert_eq!((back.output, back.preprocess.resize), (OutputKind::Probabilities, ResizeMode::Stretch));
+
+        let mut s = spec();
+        s.open_world = Some(crate::testkit::open_world_color_description());
+        let back = ModelSpec::from_metadata(&s.to_metadata()).unwrap();
+        assert_eq!(back.open_world, s.open_world);
+        assert_eq!(back.verdict_labels(), ["red", "green", "blue", "none"]);
+        // And a spec read from a file writes that file's map again.
+        assert_eq!(back.to_metadata(), s.to_metadata());
+    }
+
+    /// The typed fields win over stale entries of the same key, and no open
+    /// world means no `open_world` entry.
+    #[test]
+    fn typed_fields_overwrite_the_map() {
+        let mut s = spec();
+        s.metadata.insert(keys::INPUT_SIZE.into(), "999".into());
+        s.metadata.insert(crate::open_world::KEY.into(), "{}".into());
+        let meta = s.to_metadata();
+        assert_eq!(meta[keys::INPUT_SIZE], "160");
+        assert!(!meta.contains_key(crate::open_world::KEY));
+        assert_eq!(ModelSpec::from_metadata(&meta).unwrap().preprocess, s.preprocess);
+    }
 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 /// Environment variable naming the ONNX Runtime library (the same one `ort` itself reads).
-pub const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+pub(crate) const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
 /// Where the library lies inside a project root, as a shell glob (for messages).
 const VENV_GLOB: &str = ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*";
@@ -67,7 +67,7 @@ impl std::fmt::Display for LibrarySource {
 /// `ORT_DYLIB_PATH` is given: the current directory, every ancestor of the
 /// executable, and the source tree the crate was built from. Duplicates removed,
 /// order kept.
-pub fn default_search_roots() -> Vec<PathBuf> {
+pub(crate) fn default_search_roots() -> Vec<PathBuf> {
     let mut roots = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         roots.push(cwd);
@@ -76,17 +76,24 @@ pub fn default_search_roots() -> Vec<PathBuf> {
         let exe = exe.canonicalize().unwrap_or(exe);
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    roots.push(source_root());
     let mut seen = std::collections::HashSet::new();
     roots.retain(|r| seen.insert(r.clone()));
     roots
+}
+
+/// The repository this crate was built from (`crates/model` is two levels
+/// below it), where `scripts/setup-python.sh` puts the `.venv`.
+fn source_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.ancestors().nth(2).unwrap_or(manifest).to_path_buf()
 }
 
 /// Finds the ONNX Runtime library: `explicit` (`--ort-lib`), then `env_value`
 /// (`ORT_DYLIB_PATH`), then a `.venv` under one of `roots`. A path that is given
 /// but does not exist is an error of its own (naming a file means that file),
 /// not a reason to keep searching.
-pub fn find_library(
+pub(crate) fn find_library(
     explicit: Option<&Path>,
     env_value: Option<OsString>,
     roots: &[PathBuf],
@@ -205,7 +212,7 @@ pub fn loaded_library() -> Option<(&'static Path, LibrarySource)> {
 /// barrier. Lanes only meet at the end of the batch, so the decoders that
 /// share the machine with inference cost what they use and no more. Measured
 /// in BENCHMARKS.md ("lanes"). CUDA uses one lane.
-pub struct OrtClassifier {
+pub(crate) struct OrtClassifier {
     backend: Backend,
     lanes: Vec<Lane>,
     input_name: String,
@@ -512,6 +519,7 @@ mod tests {
     fn default_roots_include_cwd_and_the_source_tree() {
         let roots = default_search_roots();
         assert_eq!(roots.first(), std::env::current_dir().ok().as_ref());
-        assert!(roots.contains(&PathBuf::from(env!("CARGO_MANIFEST_DIR"))));
+        assert!(roots.contains(&source_root()));
+        assert!(source_root().join("Cargo.toml").is_file() && source_root().join("crates/model").is_dir());
     }
 }

@@ -5,12 +5,12 @@ use crate::model::LoadedModel;
 use ndarray::{Array2, ArrayView4, Ix2};
 use tract_onnx::prelude::*;
 
-pub struct TractClassifier {
+pub(crate) struct TractClassifier {
     plan: std::sync::Arc<TypedSimplePlan>,
 }
 
 impl TractClassifier {
-    pub fn new(model: &LoadedModel, _options: &EngineOptions) -> Result<Self, EngineError> {
+    pub(crate) fn new(model: &LoadedModel, _options: &EngineOptions) -> Result<Self, EngineError> {
         let err = |e: TractError| EngineError::Model { backend: Backend::Tract, reason: format!("{e:#}") };
         let mut graph = tract_onnx::onnx().model_for_proto_model(&model.proto).map_err(err)?;
         // A symbolic batch axis: one optimised plan serves every batch size.
