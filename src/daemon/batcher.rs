@@ -114,9 +114,7 @@ impl Batcher {
         let (current, stale): (Vec<Job>, Vec<Job>) =
             batch.into_iter().partition(|j| j.model_sha256 == self.model.sha256);
         for job in stale {
-            for p in self.shared.ledger.abandon(&job.path, Some(&job.hash)) {
-                self.shared.intake.requeue(&p);
-            }
+            self.shared.send_back(&job.path, Some(&job.hash));
         }
         current
     }

@@ -196,8 +196,7 @@ impl Intake {
         if p.file_name().is_some_and(scan::is_ignored_name) || scan::in_ignored_dir(&self.root, &p) {
             return;
         }
-        let stat = if self.cfg.follow_symlinks { std::fs::metadata(&p) } else { std::fs::symlink_metadata(&p) };
-        let Ok(meta) = stat else { return };
+        let Ok(meta) = scan::stat(&p, self.cfg.follow_symlinks) else { return };
         if meta.is_dir() {
             // A folder moved or copied in: its files may predate our watch on it.
             self.scan_folder(p, st);

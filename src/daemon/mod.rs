@@ -65,6 +65,16 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<Health>,
 }
 
+impl Shared {
+    /// Gives up `path`'s flight (and its content claim, with every path that
+    /// waited on it) and sends all of them back to settle again.
+    pub(crate) fn send_back(&self, path: &Path, hash: Option<&str>) {
+        for p in self.ledger.abandon(path, hash) {
+            self.intake.requeue(&p);
+        }
+    }
+}
+
 /// Runs the daemon until `cancel` fires (a signal) or a stage fails.
 pub async fn run(cfg: WatchConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let opened = Opened::open(&cfg)?;

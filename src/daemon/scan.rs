@@ -24,6 +24,11 @@ pub fn is_ignored_name(name: &OsStr) -> bool {
     [&b".part"[..], b".tmp", b".crdownload", b".partial", b".swp"].iter().any(|s| lower.ends_with(s))
 }
 
+/// A path's metadata, through a symlink only with `--follow-symlinks`.
+pub(crate) fn stat(path: &Path, follow_symlinks: bool) -> std::io::Result<std::fs::Metadata> {
+    if follow_symlinks { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) }
+}
+
 /// Whether `p` lies in an ignored folder below `root` (`root/.cache/x.jpg`).
 pub(crate) fn in_ignored_dir(root: &Path, p: &Path) -> bool {
     p.strip_prefix(root)

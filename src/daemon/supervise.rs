@@ -53,8 +53,9 @@ pub(crate) fn spawn_thread(
     stage: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.clone()).spawn(move || {
-        // The stage owns all its state; after a panic nothing of it is used
-        // again (the thread ends), so observing a broken invariant is impossible.
+        // The thread ends with the panic, so its own state is never used
+        // again; the shared state (the ledger, the stats) is only ever updated
+        // by single inserts and removes, so it stays consistent across it.
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)) {
             health.fail(&name, &panic_text(payload.as_ref()));
         }

@@ -114,8 +114,7 @@ impl Context<'_> {
     /// its early dispatch) or it became an error row.
     fn read(&self, path: &Path, gate: Option<Gate>) -> Result<Option<Read>, crate::store::StoreError> {
         let ledger = &self.shared().ledger;
-        let stat = if self.worker.follow_symlinks { std::fs::metadata(path) } else { std::fs::symlink_metadata(path) };
-        let Ok(meta) = stat else {
+        let Ok(meta) = super::scan::stat(path, self.worker.follow_symlinks) else {
             // Gone since it settled: the deletion is recorded by the intake.
             ledger.release_path(path);
             return Ok(None);
@@ -127,7 +126,7 @@ impl Context<'_> {
         }
         if gate.is_some_and(|g| Observation::of(&meta) != Some(g.look)) {
             // Changed since the event that dispatched it early: settle it the slow way.
-            self.send_back(path, None);
+            self.shared().send_back(path, None);
             return Ok(None);
         }
         let file = FileMeta { path: path_text(path), size: meta.len() as i64, mtime_ns: mtime_ns(&meta) };
@@ -155,7 +154,7 @@ impl Context<'_> {
         };
         if bytes.len() as u64 != meta.len() {
             // Changed while we read it: let it settle again.
-            self.send_back(path, None);
+            self.shared().send_back(path, None);
             return Ok(None);
         }
         Ok(Some(Read { meta, file, bytes }))
@@ -190,20 +189,12 @@ impl Context<'_> {
                 // it is looked at again later instead of recorded as an error.
                 if e.kind().may_be_partial_write() && age < self.worker.young {
                     tracing::debug!("{}: {e}; modified {age:?} ago, will look again", path_text(path));
-                    self.send_back(path, Some(&hash));
+                    self.shared().send_back(path, Some(&hash));
                     return;
                 }
                 shared.tensors.give_back(tensor);
                 self.fail(path, gate, file, Some(hash), e.kind().as_str(), e.to_string());
             }
-        }
-    }
-
-    /// Gives up this path (and any waiting on its content) and sends all of
-    /// them back to settle again.
-    fn send_back(&self, path: &Path, hash: Option<&str>) {
-        for p in self.shared().ledger.abandon(path, hash) {
-            self.shared().intake.requeue(&p);
         }
     }
 

@@ -144,9 +144,7 @@ fn resettle(shared: &Shared, item: Item) {
     if let Some(path) = item.paths.first() {
         tracing::debug!("{}: changed during its settle interval; its early result is dropped", path_text(path));
         shared.stats.resettled.fetch_add(1, Ordering::Relaxed);
-        for p in shared.ledger.abandon(path, item.claimed_hash()) {
-            shared.intake.requeue(&p);
-        }
+        shared.send_back(path, item.claimed_hash());
     }
 }
 
