@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh >/dev/null
 source scripts/env.sh
-cargo build --release --bin instrument-detector
-exec target/release/instrument-detector watch watch/ "$@"
+# `cargo run` finds the binary wherever CARGO_TARGET_DIR puts it.
+exec cargo run --quiet --release --bin instrument-detector -- watch watch/ "$@"
