@@ -28,6 +28,21 @@ impl Rng {
     }
 }
 
+/// One convolution's shape: channels in and out, kernel side, stride, groups.
+#[derive(Clone, Copy)]
+struct Conv {
+    cin: i64,
+    cout: i64,
+    k: i64,
+    stride: i64,
+    groups: i64,
+}
+
+/// A pointwise (1x1, stride 1, dense) convolution.
+fn pointwise(cin: i64, cout: i64) -> Conv {
+    Conv { cin, cout, k: 1, stride: 1, groups: 1 }
+}
+
 struct Emit {
     g: GraphBuilder,
     rng: Rng,
@@ -35,7 +50,8 @@ struct Emit {
 
 impl Emit {
     /// Conv with bias and TF "SAME" padding; returns (output, new side).
-    fn conv(&mut self, x: &str, side: i64, cin: i64, cout: i64, k: i64, stride: i64, groups: i64) -> (String, i64) {
+    fn conv(&mut self, x: &str, side: i64, c: Conv) -> (String, i64) {
+        let Conv { cin, cout, k, stride, groups } = c;
         let out_side = (side + stride - 1) / stride;
         let total = ((out_side - 1) * stride + k - side).max(0);
         let (a, b) = (total / 2, total - total / 2);
@@ -95,7 +111,7 @@ fn main() {
     e.g.input("input", dtype::FLOAT, &[n.clone(), Dim::Fixed(3), Dim::Fixed(size), Dim::Fixed(size)]);
     e.g.constant_f32("clip_min", &[], &[0.0]);
     e.g.constant_f32("clip_max", &[], &[6.0]);
-    let (y, mut side) = e.conv("input", size, 3, 32, 3, 2, 1);
+    let (y, mut side) = e.conv("input", size, Conv { cin: 3, cout: 32, k: 3, stride: 2, groups: 1 });
     let mut x = e.relu6(&y);
     let mut cin = 32;
     const STAGES: [(i64, i64, i64, i64, usize); 7] = [
@@ -113,12 +129,12 @@ fn main() {
             let cexp = cin * ratio;
             let mut y = x.clone();
             if ratio != 1 {
-                let (o, _) = e.conv(&y, side, cin, cexp, 1, 1, 1);
+                let (o, _) = e.conv(&y, side, pointwise(cin, cexp));
                 y = e.relu6(&o);
             }
-            let (o, oside) = e.conv(&y, side, cexp, cexp, k, s, cexp);
+            let (o, oside) = e.conv(&y, side, Conv { cin: cexp, cout: cexp, k, stride: s, groups: cexp });
             y = e.relu6(&o);
-            let (o, _) = e.conv(&y, oside, cexp, cout, 1, 1, 1);
+            let (o, _) = e.conv(&y, oside, pointwise(cexp, cout));
             x = if s == 1 && cin == cout {
                 let out = e.g.fresh("add");
                 e.g.node("Add", &[&o, &x], &out, vec![])
@@ -129,7 +145,7 @@ fn main() {
             cin = cout;
         }
     }
-    let (o, _) = e.conv(&x, side, 320, 1280, 1, 1, 1);
+    let (o, _) = e.conv(&x, side, pointwise(320, 1280));
     let fmap = e.relu6(&o);
     let pooled = e.g.node("GlobalAveragePool", &[&fmap], "pooled", vec![]);
     let flat = e.g.node("Flatten", &[&pooled], "features", vec![("axis", Attr::Int(1))]);

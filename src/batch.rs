@@ -14,6 +14,15 @@ use std::sync::mpsc;
 /// Result for one input file.
 pub type FileResult = Result<Vec<Scored>, String>;
 
+/// How one run of [`classify_paths`] spends the machine: decode threads, rows
+/// per engine call, the decoder's limits, and how many labels each file keeps.
+pub struct Plan {
+    pub workers: usize,
+    pub batch: usize,
+    pub limits: DecodeLimits,
+    pub top: usize,
+}
+
 /// Classifies `paths`, calling `on_result(index, result)` as results arrive (not
 /// in input order). Files that cannot be read or decoded get an `Err` with a
 /// reason; an engine failure aborts.
@@ -21,12 +30,10 @@ pub fn classify_paths(
     paths: &[PathBuf],
     model: &LoadedModel,
     engine: &mut dyn Classifier,
-    workers: usize,
-    batch: usize,
-    limits: &DecodeLimits,
-    k: usize,
+    plan: &Plan,
     mut on_result: impl FnMut(usize, FileResult),
 ) -> Result<(), EngineError> {
+    let Plan { workers, batch, ref limits, top: k } = *plan;
     let spec = &model.spec.preprocess;
     let per = spec.tensor_len();
     let size = spec.size as usize;

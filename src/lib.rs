@@ -5,9 +5,9 @@
 //! (preprocessing, the model file, the engines, top-k, calibration, the ONNX
 //! writer and quantisation) is the `instrument-model` crate (`crates/model`),
 //! re-exported here under its old paths. This crate adds:
-//! - [`daemon`]: watching, the pipeline, metrics;
-//! - [`store`]: SQLite;
-//! - [`batch`], [`output`], [`report`]: one-shot classification and its output.
+//! - [`daemon`][]: watching, the pipeline, metrics;
+//! - [`store`][]: SQLite;
+//! - [`batch`][], [`output`][], [`report`][]: one-shot classification and its output.
 
 pub use instrument_model::{calibration, engine, model, onnx, open_world, predict, preprocess, quantize};
 

@@ -108,7 +108,7 @@ fn drop_burst(dir: &Path, n: usize, offset: usize) -> Duration {
     let files: Vec<(PathBuf, Vec<u8>)> = (0..n)
         .map(|i| {
             let k = i + offset;
-            let sub = if k % 4 == 0 { format!("sub{}/", k % 7) } else { String::new() };
+            let sub = if k.is_multiple_of(4) { format!("sub{}/", k % 7) } else { String::new() };
             (dir.join(format!("{sub}burst-{k:06}.png")), unique_png(label_of(k), k as u32))
         })
         .collect();
@@ -642,7 +642,7 @@ fn hostile_files_become_error_rows_and_the_daemon_goes_on() {
         0
     );
     // Nothing outside the folder, no link, no folder.
-    for (p, _) in &rows {
+    for p in rows.keys() {
         assert!(p.starts_with(&*s.dir.to_string_lossy()), "{p} is outside the folder");
         assert!(
             !p.contains("link-out") && !p.contains("loop-") && !p.contains("self-loop"),
@@ -735,7 +735,9 @@ fn run_watch(s: &Setup, model: &Path, db: &Path) -> (Option<i32>, String) {
 #[test]
 fn broken_models_are_refused_at_start_with_exit_2_and_no_panic() {
     let s = Setup::new();
-    let cases: Vec<(&str, Option<Vec<u8>>, &[&str])> = vec![
+    // (file name, its bytes or None for a missing file, what stderr must say)
+    type Case<'a> = (&'a str, Option<Vec<u8>>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         ("missing.onnx", None, &["missing.onnx", "cannot read model file"]),
         ("empty.onnx", Some(Vec::new()), &["empty.onnx"]),
         ("text.onnx", Some(b"this is not a model\n".to_vec()), &["text.onnx", "not an ONNX model"]),

@@ -3,7 +3,7 @@
 
 use crate::ModelArgs;
 use anyhow::{Context, Result, bail};
-use instrument_detector::batch::{FileResult, classify_paths, expand_paths};
+use instrument_detector::batch::{FileResult, Plan, classify_paths, expand_paths};
 use instrument_detector::calibration::expected_calibration_error;
 use instrument_detector::engine::{self, Classifier};
 use instrument_detector::model::LoadedModel;
@@ -62,16 +62,8 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let (model, mut engine) = open_engine(&a.model)?;
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
     let mut results: Vec<Option<FileResult>> = vec![None; files.len()];
-    classify_paths(
-        &files,
-        &model,
-        engine.as_mut(),
-        workers(),
-        batch,
-        &DecodeLimits::default(),
-        a.top.max(1),
-        |i, r| results[i] = Some(r),
-    )?;
+    let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: a.top.max(1) };
+    classify_paths(&files, &model, engine.as_mut(), &plan, |i, r| results[i] = Some(r))?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
     for (path, r) in files.iter().zip(results) {
@@ -147,7 +139,8 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
     let mut predicted: Vec<Option<(usize, f32)>> = vec![None; files.len()];
     let mut errors = Vec::new();
     let started = Instant::now();
-    classify_paths(&files, &model, engine.as_mut(), workers(), batch, &DecodeLimits::default(), 1, |i, r| match r {
+    let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: 1 };
+    classify_paths(&files, &model, engine.as_mut(), &plan, |i, r| match r {
         Ok(top) => predicted[i] = index.get(top[0].label.as_str()).map(|&k| (k, top[0].confidence)),
         Err(e) => errors.push((path_text(&files[i]), e)),
     })?;

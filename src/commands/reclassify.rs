@@ -6,7 +6,7 @@
 
 use crate::ModelArgs;
 use anyhow::{Context, Result};
-use instrument_detector::batch::classify_paths;
+use instrument_detector::batch::{Plan, classify_paths};
 use instrument_detector::engine;
 use instrument_detector::model::LoadedModel;
 use instrument_detector::preprocess::DecodeLimits;
@@ -76,7 +76,8 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut outcomes = Vec::new();
     let mut failed = 0usize;
-    classify_paths(&paths, &model, engine.as_mut(), workers, batch, &DecodeLimits::default(), 5, |i, r| match r {
+    let plan = Plan { workers, batch, limits: DecodeLimits::default(), top: 5 };
+    classify_paths(&paths, &model, engine.as_mut(), &plan, |i, r| match r {
         Ok(top5) => outcomes.push(Outcome::Classified {
             prediction: PredictionRow {
                 content_hash: entries[i].0.clone(),
