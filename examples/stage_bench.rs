@@ -71,7 +71,7 @@ fn run(args: &[String]) -> Result<String, String> {
 }
 
 fn decode(model: &LoadedModel, dir: &Path, limit: usize) -> Result<String, String> {
-    let mut paths = expand_paths(&[dir.to_path_buf()])?;
+    let mut paths = expand_paths(&[dir.to_path_buf()]).map_err(|e| e.to_string())?;
     if paths.is_empty() {
         return Err(format!("no files under {}", dir.display()));
     }

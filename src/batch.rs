@@ -5,14 +5,42 @@
 use crate::engine::{Classifier, EngineError};
 use crate::model::LoadedModel;
 use crate::predict::top_k;
-use crate::preprocess::{DecodeLimits, preprocess_bytes};
-use crate::store::Scored;
+use crate::preprocess::{DecodeLimits, ImageError, preprocess_bytes};
+use crate::store::{FailureKind, Scored};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// Result for one input file.
-pub type FileResult = Result<Vec<Scored>, String>;
+pub type FileResult = Result<Vec<Scored>, FileError>;
+
+/// Why one file got no prediction.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
+
+impl FileError {
+    /// The kind the daemon would record for this file.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            FileError::Read(_) => FailureKind::Unreadable,
+            FileError::Image(e) => e.kind().into(),
+        }
+    }
+}
+
+/// A path given to `classify`, `evaluate` or `quantize` that cannot be listed.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct ExpandError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// How one run of [`classify_paths`] spends the machine: decode threads, rows
 /// per engine call, the decoder's limits, and how many labels each file keeps.
@@ -40,7 +68,7 @@ pub fn classify_paths(
     let next = AtomicUsize::new(0);
     let batch = batch.max(1);
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<f32>, String>)>(batch * 2);
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<f32>, FileError>)>(batch * 2);
         for _ in 0..workers.max(1) {
             let tx = tx.clone();
             let next = &next;
@@ -48,9 +76,9 @@ pub fn classify_paths(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    let result = std::fs::read(path).map_err(|e| format!("cannot read: {e}")).and_then(|bytes| {
+                    let result = std::fs::read(path).map_err(FileError::Read).and_then(|bytes| {
                         let mut t = vec![0.0; per];
-                        preprocess_bytes(&bytes, spec, limits, &mut t).map(|_| t).map_err(|e| e.to_string())
+                        preprocess_bytes(&bytes, spec, limits, &mut t).map(|_| t).map_err(FileError::from)
                     });
                     if tx.send((i, result)).is_err() {
                         break;
@@ -108,10 +136,10 @@ pub fn classify_paths(
 
 /// Files under the given paths (folders recursively), hidden and temporary
 /// names skipped, sorted for stable output.
-pub fn expand_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+pub fn expand_paths(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, ExpandError> {
     let mut out = Vec::new();
     for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|e| format!("{}: {e}", input.display()))?;
+        let meta = std::fs::metadata(input).map_err(|source| ExpandError { path: input.clone(), source })?;
         if meta.is_dir() {
             let mut found: Vec<PathBuf> = walkdir::WalkDir::new(input)
                 .into_iter()

@@ -8,7 +8,7 @@
 
 use crate::preprocess::{DecodeLimits, decode_rgb, resize_rgb};
 use crate::store::query::{self, Filter, ResultRow};
-use crate::store::{Store, path_from_text};
+use crate::store::{FailureKind, FileStatus, Store, path_from_text};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -69,7 +69,7 @@ pub fn write(store: &Store, out: &Path, min_confidence: Option<f64>) -> anyhow::
     let rows = query::results(store, &Filter { min_confidence, ..Filter::default() })?;
     let thumbs = out.join("thumbs");
     std::fs::create_dir_all(&thumbs)?;
-    let (ok, errors): (Vec<&ResultRow>, Vec<&ResultRow>) = rows.iter().partition(|r| r.status == "ok");
+    let (ok, errors): (Vec<&ResultRow>, Vec<&ResultRow>) = rows.iter().partition(|r| r.status == FileStatus::Ok);
 
     // Thumbnails, in parallel, once per content.
     let mut todo: BTreeMap<String, String> = BTreeMap::new();
@@ -171,7 +171,7 @@ table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; 
                 html,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.path),
-                esc(r.error_kind.as_deref().unwrap_or("")),
+                esc(r.error_kind.map_or("", FailureKind::as_str)),
                 esc(r.error.as_deref().unwrap_or(""))
             );
         }

@@ -55,20 +55,23 @@ fn workers() -> usize {
 }
 
 pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
-    let files = expand_paths(&a.paths).map_err(anyhow::Error::msg)?;
+    let files = expand_paths(&a.paths)?;
     if files.is_empty() {
         bail!("no files found under the given paths");
     }
     let (model, mut engine) = open_engine(&a.model)?;
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
-    let mut results: Vec<Option<FileResult>> = vec![None; files.len()];
+    let mut results: Vec<Option<FileResult>> = files.iter().map(|_| None).collect();
     let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: a.top.max(1) };
     classify_paths(&files, &model, engine.as_mut(), &plan, |i, r| results[i] = Some(r))?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
     for (path, r) in files.iter().zip(results) {
         let shown = path_text(path);
-        match r.unwrap_or_else(|| Err("not processed".into())) {
+        // classify_paths calls back once per file unless the engine failed,
+        // and an engine failure has already returned above.
+        let r = r.expect("classify_paths reports every file");
+        match r {
             Ok(top) => {
                 if a.json {
                     let best = &top[0];
@@ -89,9 +92,16 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
             Err(e) => {
                 failed += 1;
                 if a.json {
-                    writeln!(out, "{}", serde_json::json!({"path": shown, "error": e}))?;
+                    let line = serde_json::json!({"path": shown, "error_kind": e.kind(), "error": e.to_string()});
+                    writeln!(out, "{line}")?;
                 } else {
-                    writeln!(out, "{}: error: {}", terminal_safe(&shown), terminal_safe(&e))?;
+                    writeln!(
+                        out,
+                        "{}: error ({}): {}",
+                        terminal_safe(&shown),
+                        e.kind(),
+                        terminal_safe(&e.to_string())
+                    )?;
                 }
             }
         }
@@ -127,7 +137,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
                 model.spec.labels.join(", ")
             );
         };
-        for f in expand_paths(&[class.path()]).map_err(anyhow::Error::msg)? {
+        for f in expand_paths(&[class.path()])? {
             files.push(f);
             truth.push(k);
         }
@@ -189,7 +199,9 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
             &mut out,
             &serde_json::json!({
                 "accuracy": accuracy, "images": total, "correct": correct,
-                "errors": errors.iter().map(|(p, e)| serde_json::json!({"path": p, "error": e})).collect::<Vec<_>>(),
+                "errors": errors.iter().map(|(p, e)| {
+                    serde_json::json!({"path": p, "error_kind": e.kind(), "error": e.to_string()})
+                }).collect::<Vec<_>>(),
                 "per_class": per_class, "labels": labels, "confusion": confusion, "ece": ece,
                 "instrument_photos_called_none": called_none, "instrument_photos": instrument_photos,
                 "model": model.path, "model_sha256": model.sha256, "backend": engine.backend().as_str(),
@@ -228,7 +240,7 @@ pub fn evaluate(a: EvaluateArgs) -> Result<ExitCode> {
             }
         }
         for (p, e) in &errors {
-            writeln!(out, "  error: {}: {}", terminal_safe(p), terminal_safe(e))?;
+            writeln!(out, "  error ({}): {}: {}", e.kind(), terminal_safe(p), terminal_safe(&e.to_string()))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -54,7 +54,7 @@ pub fn run(a: QuantizeArgs) -> Result<ExitCode> {
     if quantize::is_quantized(&model.proto) {
         bail!("{} is already quantised (metadata quantization=int8-qdq)", a.model.display());
     }
-    let mut images = expand_paths(std::slice::from_ref(&a.calibration)).map_err(anyhow::Error::msg)?;
+    let mut images = expand_paths(std::slice::from_ref(&a.calibration))?;
     if images.is_empty() {
         bail!("no files under {}", a.calibration.display());
     }

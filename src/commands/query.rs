@@ -2,8 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use instrument_detector::output::{csv_safe, terminal_safe};
-use instrument_detector::store::Store;
 use instrument_detector::store::query::{self, Filter};
+use instrument_detector::store::{FailureKind, FileStatus, Store};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,8 +95,8 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         since: a.since.as_deref().map(parse_since).transpose()?,
         path_glob: a.path,
         status: a.status.map(|s| match s {
-            Status::Ok => "ok".to_string(),
-            Status::Error => "error".to_string(),
+            Status::Ok => FileStatus::Ok,
+            Status::Error => FileStatus::Error,
         }),
         limit: a.limit,
     };
@@ -124,10 +124,10 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             for r in &rows {
                 w.write_record([
                     csv_safe(&r.path),
-                    r.status.clone(),
+                    r.status.to_string(),
                     r.label.clone().unwrap_or_default(),
                     r.confidence.map(|c| format!("{c:.4}")).unwrap_or_default(),
-                    r.error_kind.clone().unwrap_or_default(),
+                    r.error_kind.map(|k| k.to_string()).unwrap_or_default(),
                     csv_safe(r.error.as_deref().unwrap_or_default()),
                     r.model_sha256.clone().unwrap_or_default(),
                     r.backend.clone().unwrap_or_default(),
@@ -141,15 +141,15 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
                 writeln!(out, "no results")?;
             }
             for r in &rows {
-                let what = match r.status.as_str() {
-                    "ok" => format!(
+                let what = match r.status {
+                    FileStatus::Ok => format!(
                         "{:<12} {:>5.1}%",
                         r.label.as_deref().unwrap_or("?"),
                         r.confidence.unwrap_or(0.0) * 100.0
                     ),
                     _ => format!(
                         "ERROR ({}): {}",
-                        r.error_kind.as_deref().unwrap_or("?"),
+                        r.error_kind.map_or("?", FailureKind::as_str),
                         terminal_safe(r.error.as_deref().unwrap_or(""))
                     ),
                 };

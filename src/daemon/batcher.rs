@@ -17,7 +17,7 @@ use super::writer::Item;
 use crate::engine::{Classifier, EngineError};
 use crate::model::LoadedModel;
 use crate::predict::top_k;
-use crate::store::{FileMeta, Outcome, PredictionRow};
+use crate::store::{FailureKind, FileMeta, Outcome, PredictionRow};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -173,7 +173,7 @@ impl Batcher {
                     let outcome = Outcome::Failed {
                         file: job.file,
                         content_hash: Some(job.hash),
-                        kind: "inference".into(),
+                        kind: FailureKind::Inference,
                         message: e.to_string(),
                     };
                     Item { outcome, paths: vec![job.path], gate: job.gate }

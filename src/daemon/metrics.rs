@@ -2,7 +2,7 @@
 //! an optional local HTTP port) and for people (`instrument-detector status`,
 //! which reads the status file the daemon rewrites every two seconds).
 
-use crate::store::Outcome;
+use crate::store::{FailureKind, Outcome};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,7 +35,7 @@ pub(crate) struct Stats {
     /// before their settle interval ended.
     pub(crate) resettled: AtomicU64,
     pub(crate) batches: AtomicU64,
-    pub(crate) errors: Mutex<BTreeMap<String, u64>>,
+    pub(crate) errors: Mutex<BTreeMap<FailureKind, u64>>,
 }
 
 impl Default for Stats {
@@ -80,7 +80,7 @@ impl Stats {
                 Outcome::Failed { kind, .. } => {
                     self.failed.fetch_add(1, Ordering::Relaxed);
                     let mut m = self.errors.lock().unwrap_or_else(|e| e.into_inner());
-                    *m.entry(kind.clone()).or_default() += 1;
+                    *m.entry(*kind).or_default() += 1;
                 }
                 Outcome::Known { .. } | Outcome::Deleted { .. } => {}
             }
@@ -209,7 +209,11 @@ impl Monitor {
             files_recorded: l(&s.recorded) + l(&s.known),
             files_failed: l(&s.failed),
             files_resettled: l(&s.resettled),
-            errors_by_kind: s.errors.lock().map(|m| m.clone()).unwrap_or_default(),
+            errors_by_kind: s
+                .errors
+                .lock()
+                .map(|m| m.iter().map(|(k, n)| (k.to_string(), *n)).collect())
+                .unwrap_or_default(),
             queue_intake: l(&s.intake_depth),
             queue_workers: self.queues.workers.len() as u64,
             queue_batcher: self.queues.batcher.len() as u64,

@@ -26,7 +26,7 @@ mod intake;
 mod ledger;
 pub mod metrics;
 mod organize;
-pub mod scan;
+pub(crate) mod scan;
 mod settle;
 mod supervise;
 mod swap;

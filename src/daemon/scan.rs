@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 /// Hidden and temporary names are never taken: `.*`, `~*`, `*.part`, `*.tmp`,
 /// `*.crdownload` (browsers, rsync, office suites and copy tools write under
 /// such names and rename when done).
-pub fn is_ignored_name(name: &OsStr) -> bool {
+pub(crate) fn is_ignored_name(name: &OsStr) -> bool {
     let b = name.as_bytes();
     if b.is_empty() || b[0] == b'.' || b[0] == b'~' {
         return true;

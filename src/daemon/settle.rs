@@ -12,14 +12,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// What the settle rule compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Observation {
-    pub size: u64,
-    pub mtime: SystemTime,
+pub(crate) struct Observation {
+    pub(crate) size: u64,
+    pub(crate) mtime: SystemTime,
 }
 
 impl Observation {
     /// The look that `meta` gives (`None` if it has no modification time).
-    pub fn of(meta: &std::fs::Metadata) -> Option<Observation> {
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Option<Observation> {
         Some(Observation { size: meta.len(), mtime: meta.modified().ok()? })
     }
 }
@@ -36,7 +36,7 @@ pub(crate) struct Gate {
 }
 
 /// Looks at a file; `None` if it is gone or not a regular file.
-pub fn observe(path: &Path) -> Option<Observation> {
+pub(crate) fn observe(path: &Path) -> Option<Observation> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() {
         return None;
@@ -59,28 +59,28 @@ struct Pending {
 /// `due` holds (due time, path) in the order looks were taken, which is the
 /// order they fall due; entries made stale by a newer look are skipped.
 #[derive(Debug)]
-pub struct Settler {
+pub(crate) struct Settler {
     interval: Duration,
     pending: HashMap<PathBuf, Pending>,
     due: VecDeque<(Instant, PathBuf)>,
 }
 
 impl Settler {
-    pub fn new(interval: Duration) -> Self {
+    pub(crate) fn new(interval: Duration) -> Self {
         Settler { interval, pending: HashMap::new(), due: VecDeque::new() }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.pending.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// When the earliest candidate is due for its second look.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub(crate) fn next_due(&self) -> Option<Instant> {
         self.due.front().map(|(at, _)| *at)
     }
 
@@ -89,7 +89,7 @@ impl Settler {
     /// the last one restarts the timer from now: the file is still being
     /// written, and it is due one interval after this change. An unchanged
     /// look keeps the timer.
-    pub fn offer(&mut self, path: PathBuf, look: Option<Observation>, now: Instant) {
+    pub(crate) fn offer(&mut self, path: PathBuf, look: Option<Observation>, now: Instant) {
         let Some(obs) = look else { return };
         if let Some(p) = self.pending.get_mut(&path) {
             if p.last != obs {
@@ -106,14 +106,14 @@ impl Settler {
 
     /// Forgets a pending candidate (it was dispatched another way); its entry
     /// in the due order is skipped when reached.
-    pub fn remove(&mut self, path: &Path) {
+    pub(crate) fn remove(&mut self, path: &Path) {
         self.pending.remove(path);
     }
 
     /// Takes a second look at every candidate whose last look is at least one
     /// interval old; returns those that did not change. `look` is injected so
     /// tests can drive time and file state by hand.
-    pub fn poll(&mut self, now: Instant, mut look: impl FnMut(&Path) -> Option<Observation>) -> Vec<PathBuf> {
+    pub(crate) fn poll(&mut self, now: Instant, mut look: impl FnMut(&Path) -> Option<Observation>) -> Vec<PathBuf> {
         let mut ready = Vec::new();
         while let Some((at, _)) = self.due.front() {
             if *at > now {

@@ -15,8 +15,8 @@ use super::ledger::ContentClaim;
 use super::settle::{Gate, Observation};
 use super::writer::Item;
 use crate::model::LoadedModel;
-use crate::preprocess::{DecodeLimits, preprocess_bytes};
-use crate::store::{FileMeta, Outcome, Store, path_text};
+use crate::preprocess::{DecodeFailure, DecodeLimits, preprocess_bytes};
+use crate::store::{FailureKind, FileMeta, Outcome, Store, path_text};
 use crossbeam_channel::{Receiver, Sender};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -138,7 +138,7 @@ impl Context<'_> {
         if meta.len() > self.worker.limits.max_file_bytes {
             let limit = self.worker.limits.max_file_bytes;
             let message = format!("file is {} bytes, over the limit of {limit} bytes", meta.len());
-            self.fail(path, gate, file, None, "too_large", message);
+            self.fail(path, gate, file, None, DecodeFailure::TooLarge.into(), message);
             return Ok(None);
         }
         let bytes = match std::fs::read(path) {
@@ -148,7 +148,7 @@ impl Context<'_> {
                 return Ok(None);
             }
             Err(e) => {
-                self.fail(path, gate, file, None, "unreadable", format!("cannot read the file: {e}"));
+                self.fail(path, gate, file, None, FailureKind::Unreadable, format!("cannot read the file: {e}"));
                 return Ok(None);
             }
         };
@@ -193,13 +193,21 @@ impl Context<'_> {
                     return;
                 }
                 shared.tensors.give_back(tensor);
-                self.fail(path, gate, file, Some(hash), e.kind().as_str(), e.to_string());
+                self.fail(path, gate, file, Some(hash), e.kind().into(), e.to_string());
             }
         }
     }
 
-    fn fail(&self, path: &Path, gate: Option<Gate>, file: FileMeta, hash: Option<String>, kind: &str, message: String) {
-        let outcome = Outcome::Failed { file, content_hash: hash, kind: kind.into(), message };
+    fn fail(
+        &self,
+        path: &Path,
+        gate: Option<Gate>,
+        file: FileMeta,
+        hash: Option<String>,
+        kind: FailureKind,
+        message: String,
+    ) {
+        let outcome = Outcome::Failed { file, content_hash: hash, kind, message };
         self.write(outcome, path, gate);
     }
 

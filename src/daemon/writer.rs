@@ -163,7 +163,7 @@ fn expand(items: &[Item], waiters_of: &dyn Fn(&str) -> Vec<Waiter>) -> Expanded<
                     out.value.extend(waiters.iter().map(|(_, f)| Outcome::Failed {
                         file: f.clone(),
                         content_hash: content_hash.clone(),
-                        kind: kind.clone(),
+                        kind: *kind,
                         message: message.clone(),
                     }))
                 }
@@ -221,7 +221,8 @@ fn checkpoint(store: &Store) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FileMeta;
+    use crate::preprocess::DecodeFailure;
+    use crate::store::{FailureKind, FileMeta};
     use std::time::SystemTime;
 
     fn look(size: u64) -> Observation {
@@ -267,7 +268,7 @@ mod tests {
             outcome: Outcome::Failed {
                 file: file("a"),
                 content_hash: Some("h".into()),
-                kind: "corrupt".into(),
+                kind: FailureKind::Decode(DecodeFailure::Corrupt),
                 message: "bad".into(),
             },
             paths: vec!["a".into()],

@@ -10,6 +10,9 @@
 
 pub mod query;
 pub mod schema;
+mod status;
+
+pub use status::{FailureKind, FileStatus, UnknownValue};
 
 use crate::model::LoadedModel;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -87,18 +90,18 @@ pub fn path_from_text(text: &str) -> PathBuf {
 
 /// What the store knows about a path.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FileState {
-    pub content_hash: Option<String>,
-    pub size: Option<i64>,
-    pub mtime_ns: Option<i64>,
-    pub status: String,
+pub(crate) struct FileState {
+    pub(crate) content_hash: Option<String>,
+    pub(crate) size: Option<i64>,
+    pub(crate) mtime_ns: Option<i64>,
+    pub(crate) status: FileStatus,
 }
 
 impl FileState {
     /// Whether this row already records `file` as it is on disk now (same
     /// size and mtime, not deleted): then there is nothing to redo.
-    pub fn is_current(&self, file: &FileMeta) -> bool {
-        self.status != "deleted" && self.size == Some(file.size) && self.mtime_ns == Some(file.mtime_ns)
+    pub(crate) fn is_current(&self, file: &FileMeta) -> bool {
+        self.status != FileStatus::Deleted && self.size == Some(file.size) && self.mtime_ns == Some(file.mtime_ns)
     }
 }
 
@@ -131,7 +134,7 @@ pub enum Outcome {
     /// Content already classified by the current model, found under a path.
     Known { content_hash: String, file: FileMeta },
     /// The file could not be classified.
-    Failed { file: FileMeta, content_hash: Option<String>, kind: String, message: String },
+    Failed { file: FileMeta, content_hash: Option<String>, kind: FailureKind, message: String },
     /// The path no longer exists, nor anything under it (if it was a folder).
     Deleted { path: String },
 }
@@ -209,7 +212,7 @@ impl Store {
     /// disk is not simply eaten again by the WAL. Returns whether the
     /// checkpoint completed (false when a reader still needs old frames, or
     /// the main file could not grow).
-    pub fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
+    pub(crate) fn checkpoint_truncate(&self) -> Result<bool, StoreError> {
         let (busy, _log, _done): (i64, i64, i64) =
             self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(busy == 0)
@@ -247,7 +250,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn file_state(&self, path: &str) -> Result<Option<FileState>, StoreError> {
+    pub(crate) fn file_state(&self, path: &str) -> Result<Option<FileState>, StoreError> {
         let mut stmt =
             self.conn.prepare_cached("SELECT content_hash, size, mtime_ns, status FROM files WHERE path = ?1")?;
         Ok(stmt
@@ -257,14 +260,14 @@ impl Store {
             .optional()?)
     }
 
-    pub fn has_prediction(&self, content_hash: &str, model_sha256: &str) -> Result<bool, StoreError> {
+    pub(crate) fn has_prediction(&self, content_hash: &str, model_sha256: &str) -> Result<bool, StoreError> {
         let mut stmt =
             self.conn.prepare_cached("SELECT 1 FROM predictions WHERE content_hash = ?1 AND model_sha256 = ?2")?;
         Ok(stmt.exists(params![content_hash, model_sha256])?)
     }
 
     /// Paths under `root` the store believes exist (for deletion checks).
-    pub fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
         let prefix = if root.ends_with('/') { root.to_string() } else { format!("{root}/") };
         let mut stmt = self
             .conn
@@ -304,7 +307,7 @@ impl Store {
                 "UPDATE files SET status = 'deleted', deleted_at = ?3
                  WHERE path >= ?1 AND path < ?2 AND status <> 'deleted'",
             )?;
-            let ok: Option<&str> = None;
+            let (no_kind, no_message): (Option<FailureKind>, Option<&str>) = (None, None);
             for outcome in outcomes {
                 match outcome {
                     Outcome::Classified { prediction, files } => {
@@ -329,15 +332,24 @@ impl Store {
                                 prediction.content_hash,
                                 f.size,
                                 f.mtime_ns,
-                                "ok",
-                                ok,
-                                ok,
+                                FileStatus::Ok,
+                                no_kind,
+                                no_message,
                                 now
                             ])?;
                         }
                     }
                     Outcome::Known { content_hash, file: f } => {
-                        upsert_file.execute(params![f.path, content_hash, f.size, f.mtime_ns, "ok", ok, ok, now])?;
+                        upsert_file.execute(params![
+                            f.path,
+                            content_hash,
+                            f.size,
+                            f.mtime_ns,
+                            FileStatus::Ok,
+                            no_kind,
+                            no_message,
+                            now
+                        ])?;
                     }
                     Outcome::Failed { file: f, content_hash, kind, message } => {
                         upsert_file.execute(params![
@@ -345,7 +357,7 @@ impl Store {
                             content_hash,
                             f.size,
                             f.mtime_ns,
-                            "error",
+                            FileStatus::Error,
                             kind,
                             message,
                             now
@@ -433,7 +445,7 @@ mod tests {
                 Outcome::Failed {
                     file: meta("/w/bad.jpg"),
                     content_hash: None,
-                    kind: "empty".into(),
+                    kind: FailureKind::Decode(instrument_model::preprocess::DecodeFailure::Empty),
                     message: "the file is empty".into(),
                 },
             ])

@@ -1,6 +1,6 @@
 //! Read-side queries: what `query`, `stats` and the report show.
 
-use super::{Scored, Store, StoreError};
+use super::{FailureKind, FileStatus, Scored, Store, StoreError};
 use rusqlite::types::Value;
 use serde::Serialize;
 
@@ -13,7 +13,7 @@ pub struct Filter {
     /// RFC 3339 UTC lower bound on `classified_at`.
     pub since: Option<String>,
     pub path_glob: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<FileStatus>,
     pub limit: Option<u64>,
 }
 
@@ -23,11 +23,11 @@ pub const UNKNOWN: &str = "unknown";
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultRow {
     pub path: String,
-    pub status: String,
+    pub status: FileStatus,
     pub label: Option<String>,
     pub confidence: Option<f64>,
     pub top5: Vec<Scored>,
-    pub error_kind: Option<String>,
+    pub error_kind: Option<FailureKind>,
     pub error: Option<String>,
     pub model_sha256: Option<String>,
     pub backend: Option<String>,
@@ -44,7 +44,7 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
     let mut args: Vec<Value> = Vec::new();
     if let Some(s) = &f.status {
         sql.push_str(" AND status = ?");
-        args.push(Value::Text(s.clone()));
+        args.push(Value::Text(s.as_str().to_string()));
     }
     match (&f.label, f.min_confidence) {
         (Some(l), Some(c)) if l == UNKNOWN => {
@@ -64,7 +64,7 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
     }
     if let Some(s) = &f.since {
         sql.push_str(" AND classified_at >= ?");
-        args.push(Value::Text(s.clone()));
+        args.push(Value::Text(s.as_str().to_string()));
     }
     if let Some(g) = &f.path_glob {
         // A relative pattern matches anywhere below the folder.
@@ -112,6 +112,8 @@ pub struct Summary {
     pub deleted: u64,
     pub distinct_contents: u64,
     pub labels: Vec<(String, u64)>,
+    /// As stored, so that `stats` reports whatever a database holds (an
+    /// error row without a kind counts as `unknown`) rather than refusing it.
     pub error_kinds: Vec<(String, u64)>,
     pub models: Vec<ModelUse>,
     pub backends: Vec<(String, u64)>,

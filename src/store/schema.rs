@@ -61,6 +61,6 @@ WHERE f.status <> 'deleted';
 "#,
 ];
 
-pub fn latest_version() -> i64 {
+pub(crate) fn latest_version() -> i64 {
     MIGRATIONS.len() as i64
 }
