@@ -76,9 +76,8 @@ pub struct QuantizeOptions {
 }
 
 /// Input channels from which a 1x1 conv is routed to the GEMM path on AMX
-/// CPUs: below this, ORT's symmetric conv kernel was as fast or faster on
-/// EfficientNet-Lite0 (192 to 1152 channels: neutral at two threads, faster
-/// at one; 480 and up: 1.2x to 1.95x faster).
+/// CPUs: below this, ORT's symmetric conv kernel was as fast or faster
+/// (BENCHMARKS.md, "INT8", item 3, has the measurements).
 pub const AMX_MIN_CHANNELS: usize = 192;
 
 impl QuantizeOptions {

@@ -35,10 +35,9 @@ pub(crate) const ORT_DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 const VENV_GLOB: &str = ".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*";
 
 /// Batch sizes per device: a GPU amortises its launch and transfer costs over
-/// many images. On a CPU, larger batches buy nothing: measured here (2 cores,
-/// EfficientNet-Lite0 at 224 px) batches of 1 to 8 ran at 12 to 17 ms per
-/// image and batches of 16 about 25% slower per image (activations outgrow
-/// the caches), so 8 keeps the threads busy without that cost.
+/// many images. On a CPU, batches past 8 buy nothing and cost memory
+/// (activations outgrow the caches): BENCHMARKS.md, "Stages", has the
+/// per-batch-size rates and peak RSS this choice rests on.
 const CUDA_BATCH: usize = 64;
 const CPU_BATCH: usize = 8;
 
