@@ -45,7 +45,7 @@ pub struct ModelArgs {
     /// Inference threads (default: the number of physical cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Images per inference batch (default: 16 on CPU, 64 on CUDA).
+    /// Images per inference batch (default: 8 on CPU, 64 on CUDA).
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
 }

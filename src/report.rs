@@ -6,7 +6,7 @@
 //! images load lazily and each group is rendered only when scrolled near
 //! (`content-visibility: auto`), which keeps 10,000 photos fast.
 
-use crate::preprocess::{DecodeLimits, decode_rgb, resize_rgb};
+use crate::preprocess::{DecodeLimits, ImageError, decode_rgb, resize_rgb};
 use crate::store::query::{self, Filter, ResultRow};
 use crate::store::{FailureKind, FileStatus, Store, path_from_text};
 use std::collections::BTreeMap;
@@ -52,16 +52,29 @@ fn file_url(path: &str) -> String {
     out
 }
 
-fn make_thumb(src: &Path, dst: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(src).map_err(|e| e.to_string())?;
-    let img = decode_rgb(&bytes, THUMB, &DecodeLimits::default()).map_err(|e| e.to_string())?;
+/// Why one thumbnail was not made (the report goes on without it).
+#[derive(Debug, thiserror::Error)]
+enum ThumbError {
+    #[error("cannot read the photo: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] ImageError),
+    #[error("cannot write the thumbnail: {0}")]
+    Encode(#[from] image::ImageError),
+    #[error("cannot put the thumbnail in place: {0}")]
+    Rename(#[source] std::io::Error),
+}
+
+fn make_thumb(src: &Path, dst: &Path) -> Result<(), ThumbError> {
+    let bytes = std::fs::read(src).map_err(ThumbError::Read)?;
+    let img = decode_rgb(&bytes, THUMB, &DecodeLimits::default())?;
     let (w, h) = (img.width() as f64, img.height() as f64);
     let scale = (THUMB as f64 / w.max(h)).min(1.0);
     let (tw, th) = (((w * scale).round() as u32).max(1), ((h * scale).round() as u32).max(1));
     let small = resize_rgb(&img, tw, th, None);
     let tmp = dst.with_extension("tmp");
-    small.save_with_format(&tmp, image::ImageFormat::Jpeg).map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, dst).map_err(|e| e.to_string())
+    small.save_with_format(&tmp, image::ImageFormat::Jpeg)?;
+    std::fs::rename(&tmp, dst).map_err(ThumbError::Rename)
 }
 
 /// Writes `out/index.html` and `out/thumbs/`.

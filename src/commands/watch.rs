@@ -66,7 +66,7 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
     if let Some(p) = a.poll
         && !(p > 0.0 && p.is_finite())
     {
-        anyhow::bail!("--poll must be a positive number of seconds");
+        anyhow::bail!("--poll must be a positive number of seconds, got {p}");
     }
     let limits = DecodeLimits {
         max_file_bytes: a.max_file_mb.saturating_mul(1024 * 1024),

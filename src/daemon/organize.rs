@@ -1,7 +1,8 @@
 //! `--organize DIR`: a sorted view of the photos, `DIR/<label>/<name>`.
 //!
-//! Hard links cost no space and leave the original untouched; across file
-//! systems (where linking fails with EXDEV) the photo is copied instead. The
+//! Hard links cost no space and leave the original untouched; where linking
+//! fails for any reason (across file systems, on a file system without hard
+//! links, over a link-count limit) the photo is copied instead. The
 //! original is never moved or altered. Name clashes get a short content-hash suffix.
 
 use crate::store::{Outcome, path_from_text};

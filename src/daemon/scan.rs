@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Hidden and temporary names are never taken: `.*`, `~*`, `*.part`, `*.tmp`,
-/// `*.crdownload` (browsers, rsync, office suites and copy tools write under
+/// `*.crdownload`, `*.partial`, `*.swp` (browsers, editors, rsync, office suites and copy tools write under
 /// such names and rename when done).
 pub(crate) fn is_ignored_name(name: &OsStr) -> bool {
     let b = name.as_bytes();

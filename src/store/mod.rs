@@ -205,8 +205,9 @@ impl Store {
 
     /// Copies the WAL into the main file and truncates the WAL to zero bytes.
     ///
-    /// The automatic checkpoint only runs once the WAL holds 1000 pages
-    /// (4 MB); on a nearly full disk it may never get there, and then every
+    /// The automatic checkpoint only runs once the WAL holds
+    /// `wal_autocheckpoint` pages (256, set above); on a nearly full disk it
+    /// may never get there, and then every
     /// later commit appends to a WAL that has nowhere left to grow. The
     /// writer calls this after a failed commit, so that space freed on the
     /// disk is not simply eaten again by the WAL. Returns whether the

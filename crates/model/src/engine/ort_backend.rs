@@ -45,7 +45,7 @@ const CPU_BATCH: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibrarySource {
     /// `--ort-lib`.
-    Option,
+    Flag,
     /// `ORT_DYLIB_PATH`.
     EnvVar,
     /// The project's `.venv`, found by searching.
@@ -55,7 +55,7 @@ pub enum LibrarySource {
 impl std::fmt::Display for LibrarySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            LibrarySource::Option => "--ort-lib",
+            LibrarySource::Flag => "--ort-lib",
             LibrarySource::EnvVar => ORT_DYLIB_ENV,
             LibrarySource::Venv => "the project's .venv",
         })
@@ -101,7 +101,7 @@ pub(crate) fn find_library(
                        or pass --ort-lib PATH (or set ORT_DYLIB_PATH) to a libonnxruntime.so";
     if let Some(path) = explicit {
         return if path.is_file() {
-            Ok((path.to_path_buf(), LibrarySource::Option))
+            Ok((path.to_path_buf(), LibrarySource::Flag))
         } else {
             Err(format!("ONNX Runtime library not found: --ort-lib {} is not a file; {FIX}", path.display()))
         };
@@ -463,7 +463,7 @@ mod tests {
         let roots = [dir.path().to_path_buf()];
         // --ort-lib beats ORT_DYLIB_PATH and the venv.
         let (found, source) = find_library(Some(&lib), Some("/elsewhere/lib.so".into()), &roots).unwrap();
-        assert_eq!((found, source), (lib.clone(), LibrarySource::Option));
+        assert_eq!((found, source), (lib.clone(), LibrarySource::Flag));
         // A named file that is missing is an error, not a reason to search on.
         let missing = dir.path().join("nope/libonnxruntime.so.1.31.1");
         let err = find_library(Some(&missing), None, &roots).unwrap_err();
