@@ -75,7 +75,7 @@ enum Command {
     Classify(commands::classify::ClassifyArgs),
     /// Accuracy on a labelled folder tree (DIR/<class>/<image>).
     #[command(args_override_self = true)]
-    Evaluate(commands::classify::EvaluateArgs),
+    Evaluate(commands::evaluate::EvaluateArgs),
     /// Redo results made by other models (e.g. after retraining).
     #[command(args_override_self = true)]
     Reclassify(commands::reclassify::ReclassifyArgs),
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         Command::Query(a) => commands::query::query(a),
         Command::Stats(a) => commands::query::stats(a),
         Command::Classify(a) => commands::classify::classify(a),
-        Command::Evaluate(a) => commands::classify::evaluate(a),
+        Command::Evaluate(a) => commands::evaluate::run(a),
         Command::Reclassify(a) => commands::reclassify::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),
