@@ -11,6 +11,7 @@ use super::config::WatchConfig;
 use super::ledger::Ledger;
 use super::scan::{self, Scan};
 use super::settle::{self, Gate, Settler};
+use super::supervise;
 use super::worker::Work;
 use super::writer::Item;
 use crate::store::path_text;
@@ -107,6 +108,8 @@ struct State {
     settler: Settler,
     /// Settled (or early) paths waiting for room in the work queue.
     ready: VecDeque<Work>,
+    /// Paths gone, waiting for room in the write queue (sent as one message).
+    gone: Vec<Item>,
     scans: Scans,
 }
 
@@ -117,6 +120,7 @@ impl Intake {
         let mut st = State {
             settler: Settler::new(self.cfg.settle),
             ready: VecDeque::new(),
+            gone: Vec::new(),
             // The start-up reconcile is owed at once.
             scans: Scans {
                 running: Arc::new(AtomicBool::new(false)),
@@ -172,6 +176,7 @@ impl Intake {
     }
 
     fn housekeeping(&self, st: &mut State) {
+        self.send_gone(st);
         let now = Instant::now();
         let inbox = &self.shared.intake;
         if st.scans.every > POLL_FALLBACK && inbox.watches_exhausted.load(Ordering::SeqCst) {
@@ -235,8 +240,25 @@ impl Intake {
             self.candidate(p, false, st);
             return;
         }
-        if self.write_tx.send(vec![Item::deleted(path_text(&p))]).is_err() {
-            self.shared.intake.ask_rescan(); // the writer is gone: a stage failed
+        st.gone.push(Item::deleted(path_text(&p)));
+        self.send_gone(st);
+    }
+
+    /// Hands the deletions to the writer without blocking the intake: while
+    /// the write queue is full they wait here and go with the next try (every
+    /// message and tick). Past the queue bound they are dropped for a full
+    /// reconcile, whose deletion check finds them again.
+    fn send_gone(&self, st: &mut State) {
+        if st.gone.is_empty() {
+            return;
+        }
+        match self.write_tx.try_send(std::mem::take(&mut st.gone)) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(items)) if items.len() < self.cfg.queue_bound() => {
+                st.gone = items;
+            }
+            // Too many waiting, or the writer is gone (a stage failed).
+            Err(_) => self.shared.intake.ask_rescan(),
         }
     }
 
@@ -294,8 +316,14 @@ impl Intake {
         };
         let (running, intake, writes, stop) =
             (scans.running.clone(), self.shared.intake.sender(), self.write_tx.clone(), self.stop.clone());
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = scan::reconcile(&scan, &intake, &writes, &stop) {
+            // A panicking scan is a failed stage like any other: without the
+            // supervision it would leave `running` set, and no scan (nor, with
+            // --poll, anything at all) would run again while /healthz said ok.
+            let outcome =
+                supervise::run_supervised("scan", &shared.health, || scan::reconcile(&scan, &intake, &writes, &stop));
+            if let Some(Err(e)) = outcome {
                 tracing::warn!("scan of {} stopped: {e:#}", scan.dir.display());
             }
             running.store(false, Ordering::SeqCst);

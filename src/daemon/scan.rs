@@ -151,7 +151,7 @@ fn record_gone(
         }
         if std::fs::symlink_metadata(path_from_text(&text)).is_err() {
             tally.deleted += 1;
-            if writes.send(vec![Item::deleted(text)]).is_err() {
+            if !send_unless_stopped(writes, vec![Item::deleted(text)], stop) {
                 return Ok(false);
             }
         }
@@ -159,9 +159,49 @@ fn record_gone(
     Ok(true)
 }
 
+/// Sends `items` to the writer, waiting for room, but gives up (`false`) once
+/// the daemon is stopping or the writer is gone: a plain blocking send would
+/// hang this scan, and the shutdown behind it, if the writer died with a full
+/// queue (the metrics monitor's receiver keeps the queue open).
+fn send_unless_stopped(
+    writes: &crossbeam_channel::Sender<Vec<Item>>,
+    mut items: Vec<Item>,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        match writes.send_timeout(items, std::time::Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) if !stop.is_cancelled() => items = back,
+            Err(_) => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scan_stuck_on_a_full_write_queue_gives_up_when_the_daemon_stops() {
+        // A queue of one, filled, whose receiver is alive but never reads:
+        // a dead writer behind a live gauge.
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Item>>(1);
+        tx.send(Vec::new()).unwrap();
+        let stop = CancellationToken::new();
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                stop.cancel();
+            })
+        };
+        assert!(!send_unless_stopped(&tx, vec![Item::deleted("/w/a".into())], &stop));
+        stopper.join().unwrap();
+        assert_eq!(rx.len(), 1, "nothing was squeezed in");
+        // With room, it sends.
+        rx.recv().unwrap();
+        assert!(send_unless_stopped(&tx, vec![Item::deleted("/w/a".into())], &CancellationToken::new()));
+    }
 
     #[test]
     fn temporary_and_hidden_names_are_ignored() {

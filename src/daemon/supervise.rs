@@ -46,6 +46,21 @@ fn panic_text(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+/// Runs `stage` here, supervised: a panic is recorded as the failure of
+/// `name` (see [`Health::fail`]) and gives `None`.
+pub(crate) fn run_supervised<R>(name: &str, health: &Health, stage: impl FnOnce() -> R) -> Option<R> {
+    // The stage's own state dies with the panic; the shared state (the
+    // ledger, the stats) is only ever updated by single inserts and removes,
+    // so it stays consistent across it.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)) {
+        Ok(r) => Some(r),
+        Err(payload) => {
+            health.fail(name, &panic_text(payload.as_ref()));
+            None
+        }
+    }
+}
+
 /// Starts a stage on its own named thread, supervised.
 pub(crate) fn spawn_thread(
     name: String,
@@ -53,12 +68,7 @@ pub(crate) fn spawn_thread(
     stage: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name(name.clone()).spawn(move || {
-        // The thread ends with the panic, so its own state is never used
-        // again; the shared state (the ledger, the stats) is only ever updated
-        // by single inserts and removes, so it stays consistent across it.
-        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(stage)) {
-            health.fail(&name, &panic_text(payload.as_ref()));
-        }
+        run_supervised(&name, &health, stage);
     })
 }
 
@@ -109,6 +119,17 @@ mod tests {
         // The first failure is the one reported.
         spawn_thread("worker-0".into(), health.clone(), || panic!("{}", 42)).unwrap().join().unwrap();
         assert_eq!(health.failure().as_deref(), Some("the writer stage panicked: disk on fire"));
+    }
+
+    #[test]
+    fn a_supervised_call_returns_its_value_or_records_its_panic() {
+        let stop = CancellationToken::new();
+        let health = Health::new(stop.clone());
+        assert_eq!(run_supervised("scan", &health, || 7), Some(7));
+        assert!(!stop.is_cancelled());
+        assert_eq!(run_supervised("scan", &health, || -> i32 { panic!("walk fell over") }), None);
+        assert_eq!(health.failure().as_deref(), Some("the scan stage panicked: walk fell over"));
+        assert!(stop.is_cancelled());
     }
 
     #[tokio::test]
