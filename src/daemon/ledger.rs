@@ -40,6 +40,11 @@ pub(crate) enum ContentClaim {
     Owner,
     /// Another path is classifying the same content; this one is committed with it.
     Waiting,
+    /// Another path is classifying the same content, and this one went early
+    /// (before its settle interval): a waiter is committed with its owner's
+    /// result and gets no second look of its own, so it must settle first.
+    /// Nothing was registered; the caller sends the path back.
+    Busy,
     /// The database already has a result for it: nothing to classify.
     Known,
 }
@@ -96,7 +101,11 @@ impl Ledger {
         known: impl FnOnce() -> Result<bool, E>,
     ) -> Result<ContentClaim, E> {
         let mut s = self.lock();
+        let early = s.paths.get(&waiter.0) == Some(&true);
         if let Some(waiters) = s.contents.get_mut(hash) {
+            if early {
+                return Ok(ContentClaim::Busy);
+            }
             waiters.push(waiter);
             return Ok(ContentClaim::Waiting);
         }
@@ -214,6 +223,30 @@ mod tests {
         assert_eq!(l.paths_in_flight(), 0);
         // Settled: the next path with this content asks the database.
         assert_eq!(l.claim_content("h", waiter("c"), || Ok::<_, ()>(true)), Ok(ContentClaim::Known));
+    }
+
+    #[test]
+    fn an_early_path_never_waits_on_another_content_claim() {
+        let l = Ledger::default();
+        l.claim_path(Path::new("a"), false);
+        l.claim_path(Path::new("early"), true);
+        assert_eq!(l.claim_content("h", waiter("a"), never_known), Ok(ContentClaim::Owner));
+        assert_eq!(l.claim_content("h", waiter("early"), never_known), Ok(ContentClaim::Busy));
+        // Nothing was registered for it: the owner's commit names no waiter.
+        let mut seen = Vec::new();
+        l.commit_with(
+            |waiters_of| {
+                seen = waiters_of("h");
+                Expanded { value: (), hashes: vec!["h".into()], paths: vec![PathBuf::from("a")] }
+            },
+            |_| Ok::<_, ()>(()),
+        )
+        .unwrap();
+        assert!(seen.is_empty(), "{seen:?}");
+        // Its path is still its caller's to release (and send back to settle).
+        assert_eq!((l.paths_in_flight(), l.early_in_flight()), (1, 1));
+        l.release_path(Path::new("early"));
+        assert_eq!((l.paths_in_flight(), l.early_in_flight()), (0, 0));
     }
 
     #[test]

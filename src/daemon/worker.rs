@@ -100,6 +100,9 @@ impl Context<'_> {
             self.shared().ledger.claim_content(&hash, waiter, || self.store.has_prediction(&hash, &model.sha256))?;
         match claim {
             ContentClaim::Waiting => {}
+            // Early, and its twin is in flight: settle first, so that its row
+            // is never written without a second look at this path.
+            ContentClaim::Busy => self.shared().send_back(path, None),
             ContentClaim::Known => {
                 self.shared().stats.known.fetch_add(1, Ordering::Relaxed);
                 self.write(Outcome::Known { content_hash: hash, file: read.file }, path, gate);
