@@ -7,12 +7,12 @@ use crate::model::LoadedModel;
 use crate::predict::top_k;
 use crate::preprocess::{DecodeLimits, ImageError, preprocess_bytes};
 use crate::store::{FailureKind, Scored};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 /// Result for one input file.
-pub type FileResult = Result<Vec<Scored>, FileError>;
+pub type FileResult = Result<Classified, FileError>;
 
 /// Why one file got no prediction.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,22 @@ pub struct Plan {
     pub top: usize,
 }
 
+/// One file's answer: its top labels, and the BLAKE3 hash of the bytes they
+/// were computed from (so a caller can tell whether the file it meant was the
+/// file it got).
+#[derive(Debug, Clone)]
+pub struct Classified {
+    pub top: Vec<Scored>,
+    pub content_hash: String,
+}
+
+/// A decoded file waiting for its batch.
+struct Decoded {
+    index: usize,
+    tensor: Vec<f32>,
+    content_hash: String,
+}
+
 /// Classifies `paths`, calling `on_result(index, result)` as results arrive (not
 /// in input order). Files that cannot be read or decoded get an `Err` with a
 /// reason; an engine failure aborts.
@@ -61,77 +77,85 @@ pub fn classify_paths(
     plan: &Plan,
     mut on_result: impl FnMut(usize, FileResult),
 ) -> Result<(), EngineError> {
-    let Plan { workers, batch, ref limits, top: k } = *plan;
-    let spec = &model.spec.preprocess;
-    let per = spec.tensor_len();
-    let size = spec.size as usize;
+    let batch = plan.batch.max(1);
     let next = AtomicUsize::new(0);
-    let batch = batch.max(1);
     std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Vec<f32>, FileError>)>(batch * 2);
-        for _ in 0..workers.max(1) {
-            let tx = tx.clone();
-            let next = &next;
+        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Decoded, FileError>)>(batch * 2);
+        for _ in 0..plan.workers.max(1) {
+            let (tx, next) = (tx.clone(), &next);
             scope.spawn(move || {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    let result = std::fs::read(path).map_err(FileError::Read).and_then(|bytes| {
-                        let mut t = vec![0.0; per];
-                        preprocess_bytes(&bytes, spec, limits, &mut t).map(|_| t).map_err(FileError::from)
-                    });
-                    if tx.send((i, result)).is_err() {
+                    if tx.send((i, decode_file(i, path, model, &plan.limits))).is_err() {
                         break;
                     }
                 }
             });
         }
         drop(tx);
-        let mut pending: Vec<(usize, Vec<f32>)> = Vec::with_capacity(batch);
-        let mut run = |pending: &mut Vec<(usize, Vec<f32>)>,
-                       on_result: &mut dyn FnMut(usize, FileResult)|
-         -> Result<(), EngineError> {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            let n = pending.len();
-            let mut input = ndarray::Array4::<f32>::zeros((n, 3, size, size));
-            let flat = input.as_slice_mut().expect("fresh arrays are contiguous");
-            for (j, (_, t)) in pending.iter().enumerate() {
-                flat[j * per..(j + 1) * per].copy_from_slice(t);
-            }
-            let out = engine.run(input.view())?;
-            for (j, (i, _)) in pending.drain(..).enumerate() {
-                let row: Vec<f32> = out.row(j).to_vec();
-                on_result(i, Ok(top_k(&model.spec, &row, k)));
-            }
-            Ok(())
+        let mut pending: Vec<Decoded> = Vec::with_capacity(batch);
+        let mut run = |pending: &mut Vec<Decoded>, on_result: &mut dyn FnMut(usize, FileResult)| {
+            run_batch(pending, model, engine, plan.top, on_result)
         };
+        // Take what is ready; run a batch when it is full or nothing more is ready.
         loop {
-            // Take what is ready; run a batch when it is full or nothing more is ready.
-            match rx.try_recv() {
-                Ok((i, Ok(t))) => {
-                    pending.push((i, t));
-                    if pending.len() >= batch {
-                        run(&mut pending, &mut on_result)?;
-                    }
-                }
-                Ok((i, Err(e))) => on_result(i, Err(e)),
+            let received = match rx.try_recv() {
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Disconnected) => break,
                 Err(mpsc::TryRecvError::Empty) => {
-                    if !pending.is_empty() {
-                        run(&mut pending, &mut on_result)?;
-                    }
+                    run(&mut pending, &mut on_result)?;
                     match rx.recv() {
-                        Ok((i, Ok(t))) => pending.push((i, t)),
-                        Ok((i, Err(e))) => on_result(i, Err(e)),
+                        Ok(r) => r,
                         Err(_) => break,
                     }
                 }
-                Err(mpsc::TryRecvError::Disconnected) => break,
+            };
+            match received {
+                (_, Ok(d)) => pending.push(d),
+                (i, Err(e)) => on_result(i, Err(e)),
+            }
+            if pending.len() >= batch {
+                run(&mut pending, &mut on_result)?;
             }
         }
         run(&mut pending, &mut on_result)
     })
+}
+
+/// Reads, hashes and preprocesses one file.
+fn decode_file(index: usize, path: &Path, model: &LoadedModel, limits: &DecodeLimits) -> Result<Decoded, FileError> {
+    let bytes = std::fs::read(path).map_err(FileError::Read)?;
+    let spec = &model.spec.preprocess;
+    let mut tensor = vec![0.0; spec.tensor_len()];
+    preprocess_bytes(&bytes, spec, limits, &mut tensor)?;
+    Ok(Decoded { index, tensor, content_hash: blake3::hash(&bytes).to_hex().to_string() })
+}
+
+/// Runs the engine on everything pending (if anything) and reports each row.
+fn run_batch(
+    pending: &mut Vec<Decoded>,
+    model: &LoadedModel,
+    engine: &mut dyn Classifier,
+    top: usize,
+    on_result: &mut dyn FnMut(usize, FileResult),
+) -> Result<(), EngineError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let (size, per) = (model.spec.preprocess.size as usize, model.spec.preprocess.tensor_len());
+    let mut input = ndarray::Array4::<f32>::zeros((pending.len(), 3, size, size));
+    let flat = input.as_slice_mut().expect("fresh arrays are contiguous");
+    for (j, d) in pending.iter().enumerate() {
+        flat[j * per..(j + 1) * per].copy_from_slice(&d.tensor);
+    }
+    // The engine checks the output's shape: one row per input.
+    let out = engine.run(input.view())?;
+    for (j, d) in pending.drain(..).enumerate() {
+        let top = top_k(&model.spec, &out.row(j).to_vec(), top);
+        on_result(d.index, Ok(Classified { top, content_hash: d.content_hash }));
+    }
+    Ok(())
 }
 
 /// Files under the given paths (folders recursively), hidden and temporary

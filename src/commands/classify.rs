@@ -3,7 +3,7 @@
 
 use crate::ModelArgs;
 use anyhow::{Context, Result, bail};
-use instrument_detector::batch::{FileResult, Plan, classify_paths, expand_paths};
+use instrument_detector::batch::{Classified, FileResult, Plan, classify_paths, expand_paths};
 use instrument_detector::engine::{self, Classifier};
 use instrument_detector::model::LoadedModel;
 use instrument_detector::output::terminal_safe;
@@ -58,7 +58,7 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
         // and an engine failure has already returned above.
         let r = r.expect("classify_paths reports every file");
         match r {
-            Ok(top) => {
+            Ok(Classified { top, .. }) => {
                 if a.json {
                     let best = &top[0];
                     writeln!(

@@ -9,7 +9,7 @@
 use super::classify::{open_engine, workers};
 use crate::ModelArgs;
 use anyhow::{Context, Result, bail};
-use instrument_detector::batch::{FileError, Plan, classify_paths, expand_paths};
+use instrument_detector::batch::{Classified, FileError, Plan, classify_paths, expand_paths};
 use instrument_detector::calibration::expected_calibration_error;
 use instrument_detector::engine::Classifier;
 use instrument_detector::model::LoadedModel;
@@ -120,7 +120,7 @@ fn score(set: &LabelledSet, model: &LoadedModel, engine: &mut dyn Classifier, ba
     classify_paths(&set.files, model, engine, &plan, |i, r| match r {
         // A verdict outside the set's labels cannot happen (they include
         // every verdict the model gives), so it would only go uncounted.
-        Ok(top) => {
+        Ok(Classified { top, .. }) => {
             if let Some(k) = set.index_of(&top[0].label) {
                 let t = set.truth[i];
                 c.matrix[t][k] += 1;

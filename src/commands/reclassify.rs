@@ -6,7 +6,7 @@
 
 use crate::ModelArgs;
 use anyhow::{Context, Result};
-use instrument_detector::batch::{Plan, classify_paths};
+use instrument_detector::batch::{Classified, Plan, classify_paths};
 use instrument_detector::engine;
 use instrument_detector::model::LoadedModel;
 use instrument_detector::preprocess::DecodeLimits;
@@ -75,12 +75,18 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut outcomes = Vec::new();
-    let mut failed = 0usize;
+    let (mut failed, mut changed) = (0usize, 0usize);
     let plan = Plan { workers, batch, limits: DecodeLimits::default(), top: 5 };
     classify_paths(&paths, &model, engine.as_mut(), &plan, |i, r| match r {
-        Ok(top5) => outcomes.push(Outcome::Classified {
+        // The file holds other bytes than the row says (changed while no
+        // daemon watched): its result belongs to no recorded content.
+        Ok(c) if c.content_hash != entries[i].0 => {
+            changed += 1;
+            tracing::warn!("{}: changed since it was recorded; left for the daemon", entries[i].1[0].path);
+        }
+        Ok(Classified { top: top5, content_hash }) => outcomes.push(Outcome::Classified {
             prediction: PredictionRow {
-                content_hash: entries[i].0.clone(),
+                content_hash,
                 model_sha256: model.sha256.clone(),
                 top5,
                 backend: backend.clone(),
@@ -97,6 +103,11 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     for chunk in outcomes.chunks(256) {
         store.commit(chunk)?;
     }
-    eprintln!("reclassified {} contents with {} ({} skipped)", outcomes.len(), model.name(), failed);
+    eprintln!("reclassified {} contents with {} ({} skipped)", outcomes.len(), model.name(), failed + changed);
+    if changed > 0 {
+        eprintln!(
+            "{changed} of the skipped changed since they were recorded: the daemon redoes them when it next runs"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
