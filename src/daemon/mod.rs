@@ -189,7 +189,7 @@ impl Pipeline {
             queues: metrics::Queues { workers: work_rx.clone(), batcher: job_rx.clone(), writer: write_rx.clone() },
         });
 
-        let organizer = cfg.organize.clone().map(|d| organize::Organizer::new(d, model.spec.verdict_labels()));
+        let organizer = cfg.organize.clone().map(organize::Organizer::new);
         let writer = supervise::spawn_thread("writer".into(), health.clone(), {
             let shared = shared.clone();
             move || writer::run(shared, store, write_rx, organizer)

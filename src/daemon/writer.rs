@@ -78,7 +78,12 @@ pub(crate) fn run(
         }
         let committed = commit_with_retry(&shared, &mut store, ready);
         if let Some(org) = organizer.as_mut() {
-            org.place(&committed);
+            org.place(&committed, |hash| {
+                store.label_of(hash).unwrap_or_else(|e| {
+                    tracing::warn!("--organize: cannot look up the label of a known content: {e}");
+                    None
+                })
+            });
         }
     }
 }

@@ -267,6 +267,14 @@ impl Store {
         Ok(stmt.exists(params![content_hash, model_sha256])?)
     }
 
+    /// The label the `results` view shows for a content: its newest prediction's.
+    pub(crate) fn label_of(&self, content_hash: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT label FROM predictions WHERE content_hash = ?1 ORDER BY classified_at DESC, rowid DESC LIMIT 1",
+        )?;
+        Ok(stmt.query_row([content_hash], |r| r.get(0)).optional()?)
+    }
+
     /// Paths under `root` the store believes exist (for deletion checks).
     pub(crate) fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
         let prefix = if root.ends_with('/') { root.to_string() } else { format!("{root}/") };
