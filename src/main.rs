@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     let args = match commands::config::expand(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", instrument_detector::output::terminal_safe(&format!("{e:#}")));
             return ExitCode::from(2);
         }
     };

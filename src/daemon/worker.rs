@@ -175,6 +175,10 @@ impl Context<'_> {
         shared.stats.observe_decode(started.elapsed());
         let Read { meta, file, bytes } = read;
         drop(bytes);
+        if decoded.is_err() {
+            // Every error path below is done with the buffer.
+            shared.tensors.give_back(std::mem::take(&mut tensor));
+        }
         match decoded {
             Ok(()) => {
                 let job =
@@ -183,6 +187,7 @@ impl Context<'_> {
                     // The batchers are gone (a stage failed): leave the files for the next start.
                     let job = e.into_inner();
                     shared.ledger.abandon(&job.path, Some(&job.hash));
+                    shared.tensors.give_back(job.tensor);
                 }
             }
             Err(e) => {
@@ -195,7 +200,6 @@ impl Context<'_> {
                     self.shared().send_back(path, Some(&hash));
                     return;
                 }
-                shared.tensors.give_back(tensor);
                 self.fail(path, gate, file, Some(hash), e.kind().into(), e.to_string());
             }
         }
