@@ -1,12 +1,13 @@
 //! `training evaluate MODEL.onnx`: the numbers a user gets, measured through
 //! the daemon's own decode, preprocessing and engine on an exported model.
 
-use crate::data::{Dataset, HARD_VARIANTS, Mode, limits, read_rgb};
+use crate::data::{Dataset, HARD_VARIANTS, Mode, Sample, limits, read_rgb};
 use crate::eval::{Predictions, Reader, Scorer, argmax, predict};
 use anyhow::{Context, Result};
-use instrument_model::engine::{self, BackendChoice, EngineOptions};
+use instrument_model::engine::{self, BackendChoice, Classifier, EngineOptions};
 use instrument_model::model::LoadedModel;
 use instrument_model::preprocess::{preprocess_bytes, resize_rgb};
+use std::path::Path;
 use std::sync::Arc;
 
 fn line(name: &str, p: &Predictions, t: f64) -> String {
@@ -21,8 +22,8 @@ fn line(name: &str, p: &Predictions, t: f64) -> String {
 }
 
 pub fn run(
-    model_path: &std::path::Path,
-    data: &std::path::Path,
+    model_path: &Path,
+    data: &Path,
     backend: BackendChoice,
     big: usize,
     seed: u64,
@@ -51,30 +52,17 @@ pub fn run(
         classes: &model.spec.labels,
     });
     let mut scorer = Scorer::Engine(clf.as_mut());
+    let mut measure = |samples: &Arc<Vec<Sample>>, mode: Mode| {
+        predict(&mut scorer, samples.clone(), &spec, mode, 16, workers, seed)
+            .map(|p| p.read_with(reader))
+    };
     let valid = Arc::new(ds.valid.clone());
-    let vp = predict(
-        &mut scorer,
-        valid.clone(),
-        &spec,
-        Mode::Plain,
-        16,
-        workers,
-        seed,
-    )?
-    .read_with(reader);
+    let vp = measure(&valid, Mode::Plain)?;
     println!("{}", line("valid", &vp, t));
-    let hp = predict(
-        &mut scorer,
-        valid.clone(),
-        &spec,
-        Mode::Hard {
-            variants: HARD_VARIANTS.len(),
-        },
-        16,
-        workers,
-        seed,
-    )?
-    .read_with(reader);
+    let hard_mode = Mode::Hard {
+        variants: HARD_VARIANTS.len(),
+    };
+    let hp = measure(&valid, hard_mode)?;
     println!("{}", line("hard valid", &hp, t));
     for (name, acc) in HARD_VARIANTS
         .iter()
@@ -83,61 +71,67 @@ pub fn run(
         println!("  {name:<17} {acc:.4}");
     }
     if !ds.test.is_empty() {
-        let tp = predict(
-            &mut scorer,
-            Arc::new(ds.test.clone()),
-            &spec,
-            Mode::Plain,
-            16,
-            workers,
-            seed,
-        )?
-        .read_with(reader);
-        println!("{}", line("test", &tp, t));
-        let k = ds.classes.len();
-        let cm = tp.confusion(k);
-        let per: Vec<String> = (0..k)
-            .map(|i| {
-                format!(
-                    "{} {}/{}",
-                    ds.classes[i],
-                    cm[i][i],
-                    cm[i].iter().sum::<usize>()
-                )
-            })
-            .collect();
-        println!("test per class: {}", per.join(", "));
-        println!(
-            "test confused: {}",
-            crate::eval::confused_pairs(&cm, &ds.classes).join(", ")
-        );
+        let tp = measure(&Arc::new(ds.test.clone()), Mode::Plain)?;
+        print_test(&tp, &ds.classes, t);
     }
     if big > 0 {
-        // Full-size photo vs its thumbnail: each valid image upscaled to a
-        // 4000x3000 JPEG, then both files go through the daemon's preprocessing.
-        let (mut same, mut n) = (0, 0);
-        let len = spec.tensor_len();
-        for s in ds.valid.iter().take(big) {
-            let img = read_rgb(&s.path, 0)?;
-            let large = resize_rgb(&img, 4000, 3000, None);
-            let mut jpeg = Vec::new();
-            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
-            large.write_with_encoder(enc)?;
-            let thumb = std::fs::read(&s.path)?;
-            let mut buf = vec![0f32; 2 * len];
-            preprocess_bytes(&jpeg, &spec, &limits(), &mut buf[..len])?;
-            preprocess_bytes(&thumb, &spec, &limits(), &mut buf[len..])?;
-            let view = ndarray::ArrayView4::from_shape(
-                (2, 3, spec.size as usize, spec.size as usize),
-                &buf,
-            )?;
-            let out = clf.run(view)?;
-            let rows: Vec<Vec<f32>> = out.outer_iter().map(|r| r.to_vec()).collect();
-            let top = |row: &[f32]| argmax(&model.spec.probabilities(row));
-            same += (top(&rows[0]) == top(&rows[1])) as usize;
-            n += 1;
-        }
+        let (same, n) = same_top1_at_full_size(clf.as_mut(), &model, &ds.valid[..], big)?;
         println!("4000x3000 JPEG vs original thumbnail: same top-1 on {same}/{n}");
     }
     Ok(())
+}
+
+/// The test split's lines: the summary, per class, and the confused pairs.
+fn print_test(tp: &Predictions, classes: &[String], t: f64) {
+    println!("{}", line("test", tp, t));
+    let k = classes.len();
+    let cm = tp.confusion(k);
+    let per: Vec<String> = (0..k)
+        .map(|i| {
+            format!(
+                "{} {}/{}",
+                classes[i],
+                cm[i][i],
+                cm[i].iter().sum::<usize>()
+            )
+        })
+        .collect();
+    println!("test per class: {}", per.join(", "));
+    println!(
+        "test confused: {}",
+        crate::eval::confused_pairs(&cm, classes).join(", ")
+    );
+}
+
+/// Full-size photo vs its thumbnail: each of the first `big` valid images
+/// upscaled to a 4000x3000 JPEG, then both files go through the daemon's
+/// preprocessing. Returns (same top-1, images compared).
+fn same_top1_at_full_size(
+    clf: &mut dyn Classifier,
+    model: &LoadedModel,
+    valid: &[Sample],
+    big: usize,
+) -> Result<(usize, usize)> {
+    let spec = &model.spec.preprocess;
+    let (mut same, mut n) = (0, 0);
+    let len = spec.tensor_len();
+    for s in valid.iter().take(big) {
+        let img = read_rgb(&s.path, 0)?;
+        let large = resize_rgb(&img, 4000, 3000, None);
+        let mut jpeg = Vec::new();
+        let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90);
+        large.write_with_encoder(enc)?;
+        let thumb = std::fs::read(&s.path)?;
+        let mut buf = vec![0f32; 2 * len];
+        preprocess_bytes(&jpeg, spec, &limits(), &mut buf[..len])?;
+        preprocess_bytes(&thumb, spec, &limits(), &mut buf[len..])?;
+        let view =
+            ndarray::ArrayView4::from_shape((2, 3, spec.size as usize, spec.size as usize), &buf)?;
+        let out = clf.run(view)?;
+        let rows: Vec<Vec<f32>> = out.outer_iter().map(|r| r.to_vec()).collect();
+        let top = |row: &[f32]| argmax(&model.spec.probabilities(row));
+        same += (top(&rows[0]) == top(&rows[1])) as usize;
+        n += 1;
+    }
+    Ok((same, n))
 }

@@ -2,15 +2,17 @@
 //! every export must pass before it is written: tch logits against tract's
 //! (through the daemon's own engine), and ONNX Runtime's where it is available.
 
-use crate::nets::Network;
-use anyhow::{Context, Result, bail};
+use crate::data::{Dataset, Sample, spec_for};
+use crate::nets::{Arch, Network};
+use crate::weights::{CheckpointMeta, load_pretrained, open_checkpoint};
+use anyhow::{Context, Result, bail, ensure};
 use instrument_model::engine::{self, BackendChoice, EngineOptions};
 use instrument_model::model::{LoadedModel, ModelSpec, keys};
 use instrument_model::onnx::{Dim, GraphBuilder, dtype, encode};
 use instrument_model::preprocess::PreprocessSpec;
 use ndarray::ArrayView4;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 /// Largest accepted |tch - runtime| relative to the logit scale (max(1, max |logit|)).
@@ -220,4 +222,136 @@ pub fn export_checked(
     }
     std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
     Ok(parity)
+}
+
+/// Metadata keys `training` writes beside the model contract's own
+/// ([`keys`]); the daemon shows them but needs none of them.
+pub(crate) mod meta_keys {
+    pub(crate) const DATASET: &str = "dataset";
+    pub(crate) const DATE: &str = "date";
+    pub(crate) const TRAINING_ARGS: &str = "training_args";
+    /// `{"valid": .., "hard_valid": .., "test": ..}`, as JSON.
+    pub(crate) const ACCURACY: &str = "accuracy";
+}
+
+/// The metadata every trained model carries: the dataset's name, today's
+/// date, the training flags (as JSON) and the open world, when it has one.
+pub(crate) fn run_metadata(
+    dataset: &str,
+    training_args: String,
+    open_world: Option<String>,
+) -> BTreeMap<String, String> {
+    let mut extra = BTreeMap::new();
+    extra.insert(meta_keys::DATASET.to_string(), dataset.to_string());
+    extra.insert(
+        meta_keys::DATE.to_string(),
+        chrono::Utc::now().format("%Y-%m-%d").to_string(),
+    );
+    extra.insert(meta_keys::TRAINING_ARGS.to_string(), training_args);
+    if let Some(ow) = open_world {
+        extra.insert(instrument_model::open_world::KEY.to_string(), ow);
+    }
+    extra
+}
+
+/// The first `n` images of `samples`, preprocessed like the daemon does.
+pub(crate) fn real_inputs(samples: &[Sample], spec: &PreprocessSpec, n: usize) -> Result<Tensor> {
+    let n = n.min(samples.len()).max(1);
+    let len = spec.tensor_len();
+    let mut data = vec![0f32; n * len];
+    for (i, s) in samples.iter().take(n).enumerate() {
+        crate::data::load_plain(&s.path, spec, &mut data[i * len..(i + 1) * len])?;
+    }
+    let sz = spec.size as i64;
+    Ok(Tensor::from_slice(&data).view([n as i64, 3, sz, sz]))
+}
+
+/// `training export`: writes `checkpoint` as an ONNX model at `out` without
+/// retraining. Its metadata is rebuilt from the checkpoint's, as `training
+/// train` would write it, with `--temperature` (else the checkpoint's) and
+/// then the `--meta` entries on top.
+pub fn reexport_checkpoint(
+    checkpoint: &Path,
+    out: &Path,
+    data: Option<&Path>,
+    temperature: Option<f64>,
+    meta: Vec<(String, String)>,
+) -> Result<()> {
+    let (net, m) = open_checkpoint(checkpoint, Device::Cpu)?;
+    let spec = spec_for(m.arch, m.input_size);
+    let inputs = checkpoint_check_inputs(&m, &spec, data)?;
+    let mut extra = run_metadata(
+        &m.dataset,
+        m.args.to_string(),
+        m.open_world.as_ref().map(|ow| ow.to_string()),
+    );
+    extra.insert(
+        keys::TEMPERATURE.into(),
+        format!("{:.4}", temperature.or(m.temperature).unwrap_or(1.0)),
+    );
+    extra.insert(
+        meta_keys::ACCURACY.into(),
+        serde_json::json!({"valid": m.valid_acc, "hard_valid": m.hard_valid_acc}).to_string(),
+    );
+    // `--meta open_world=JSON` may replace the open world (new thresholds, say).
+    extra.extend(meta);
+    let parity = export_checked(&net, &spec, &m.classes, &extra, &inputs, out)
+        .with_context(|| format!("exporting {}", checkpoint.display()))?;
+    for p in parity {
+        eprintln!("parity {p}");
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
+
+/// The parity check's inputs for a re-export: valid images (train ones when
+/// there are none) from `data`, else from the dataset the checkpoint was
+/// trained on; random inputs when neither is here.
+fn checkpoint_check_inputs(
+    m: &CheckpointMeta,
+    spec: &PreprocessSpec,
+    data: Option<&Path>,
+) -> Result<Tensor> {
+    let trained_on = || {
+        m.args
+            .get("data")
+            .and_then(|d| d.as_str())
+            .map(PathBuf::from)
+    };
+    match data.map(Path::to_path_buf).or_else(trained_on) {
+        Some(d) if d.exists() => {
+            let ds = Dataset::open(&d)?;
+            let samples = if ds.valid.is_empty() {
+                &ds.train
+            } else {
+                &ds.valid
+            };
+            real_inputs(samples, spec, 4)
+        }
+        _ => {
+            eprintln!("note: dataset not found; parity checked on random inputs");
+            let s = m.input_size as i64;
+            Ok(Tensor::randn([2, 3, s, s], (Kind::Float, Device::Cpu)))
+        }
+    }
+}
+
+/// `training export-pretrained`: pretrained weights exported as they are (the
+/// ImageNet classifier, say), to check the implementation against a reference.
+pub fn export_pretrained(arch: Arch, pretrained: &Path, classes: usize, out: &Path) -> Result<()> {
+    let mut net = Network::new(arch, classes as i64, 0.0, Device::Cpu);
+    let r = load_pretrained(&mut net, pretrained)?;
+    ensure!(
+        r.head_reinitialised.is_empty(),
+        "head shape differs: {:?}",
+        r.head_reinitialised
+    );
+    let spec = spec_for(arch, 224);
+    let labels: Vec<String> = (0..classes).map(|i| i.to_string()).collect();
+    let inputs = Tensor::randn([2, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let parity = export_checked(&net, &spec, &labels, &BTreeMap::new(), &inputs, out)?;
+    for p in parity {
+        eprintln!("parity {p}");
+    }
+    Ok(())
 }

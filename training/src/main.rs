@@ -1,11 +1,10 @@
 //! `training`: trains the instrument classifier and exports it to ONNX.
 //! See training/README.md.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use training::train::{TrainArgs, real_inputs};
+use training::train::TrainArgs;
 
 #[derive(Parser)]
 #[command(
@@ -87,64 +86,13 @@ fn main() -> Result<()> {
             data,
             temperature,
             meta,
-        } => {
-            let (net, m) = training::weights::open_checkpoint(&checkpoint, tch::Device::Cpu)?;
-            let spec = training::data::spec_for(m.arch, m.input_size);
-            let inputs = match data.or_else(|| {
-                m.args
-                    .get("data")
-                    .and_then(|d| d.as_str())
-                    .map(PathBuf::from)
-            }) {
-                Some(d) if d.exists() => {
-                    let ds = training::data::Dataset::open(&d)?;
-                    real_inputs(
-                        if ds.valid.is_empty() {
-                            &ds.train
-                        } else {
-                            &ds.valid
-                        },
-                        &spec,
-                        4,
-                    )?
-                }
-                _ => {
-                    eprintln!("note: dataset not found; parity checked on random inputs");
-                    tch::Tensor::randn(
-                        [2, 3, m.input_size as i64, m.input_size as i64],
-                        (tch::Kind::Float, tch::Device::Cpu),
-                    )
-                }
-            };
-            let mut extra: BTreeMap<String, String> = BTreeMap::new();
-            extra.insert(
-                "temperature".into(),
-                format!("{:.4}", temperature.or(m.temperature).unwrap_or(1.0)),
-            );
-            extra.insert("dataset".into(), m.dataset.clone());
-            extra.insert(
-                "accuracy".into(),
-                serde_json::json!({"valid": m.valid_acc, "hard_valid": m.hard_valid_acc})
-                    .to_string(),
-            );
-            extra.insert(
-                "date".into(),
-                chrono::Utc::now().format("%Y-%m-%d").to_string(),
-            );
-            extra.insert("training_args".into(), m.args.to_string());
-            if let Some(ow) = &m.open_world {
-                // `--meta open_world=JSON` may replace it (new thresholds, say).
-                extra.insert(instrument_model::open_world::KEY.into(), ow.to_string());
-            }
-            extra.extend(meta);
-            let parity =
-                training::export::export_checked(&net, &spec, &m.classes, &extra, &inputs, &out)
-                    .with_context(|| format!("exporting {}", checkpoint.display()))?;
-            for p in parity {
-                eprintln!("parity {p}");
-            }
-            eprintln!("wrote {}", out.display());
-        }
+        } => training::export::reexport_checkpoint(
+            &checkpoint,
+            &out,
+            data.as_deref(),
+            temperature,
+            meta,
+        )?,
         Cmd::Evaluate {
             model,
             data,
@@ -157,29 +105,7 @@ fn main() -> Result<()> {
             pretrained,
             classes,
             out,
-        } => {
-            let mut net = training::nets::Network::new(arch, classes as i64, 0.0, tch::Device::Cpu);
-            let r = training::weights::load_pretrained(&mut net, &pretrained)?;
-            anyhow::ensure!(
-                r.head_reinitialised.is_empty(),
-                "head shape differs: {:?}",
-                r.head_reinitialised
-            );
-            let spec = training::data::spec_for(arch, 224);
-            let labels: Vec<String> = (0..classes).map(|i| i.to_string()).collect();
-            let inputs = tch::Tensor::randn([2, 3, 224, 224], (tch::Kind::Float, tch::Device::Cpu));
-            let parity = training::export::export_checked(
-                &net,
-                &spec,
-                &labels,
-                &BTreeMap::new(),
-                &inputs,
-                &out,
-            )?;
-            for p in parity {
-                eprintln!("parity {p}");
-            }
-        }
+        } => training::export::export_pretrained(arch, &pretrained, classes, &out)?,
     }
     Ok(())
 }
