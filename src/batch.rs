@@ -49,22 +49,25 @@ pub struct Plan {
     pub batch: usize,
     pub limits: DecodeLimits,
     pub top: usize,
+    /// Hash each file's bytes (for a caller that must know which content it
+    /// classified); off, no per-image hashing is done.
+    pub hash_contents: bool,
 }
 
-/// One file's answer: its top labels, and the BLAKE3 hash of the bytes they
-/// were computed from (so a caller can tell whether the file it meant was the
-/// file it got).
+/// One file's answer: its top labels, and (with [`Plan::hash_contents`]) the
+/// BLAKE3 hash of the bytes they were computed from, so a caller can tell
+/// whether the file it meant was the file it got.
 #[derive(Debug, Clone)]
 pub struct Classified {
     pub top: Vec<Scored>,
-    pub content_hash: String,
+    pub content_hash: Option<String>,
 }
 
 /// A decoded file waiting for its batch.
 struct Decoded {
     index: usize,
     tensor: Vec<f32>,
-    content_hash: String,
+    content_hash: Option<String>,
 }
 
 /// Classifies `paths`, calling `on_result(index, result)` as results arrive (not
@@ -87,7 +90,7 @@ pub fn classify_paths(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(path) = paths.get(i) else { break };
-                    if tx.send((i, decode_file(i, path, model, &plan.limits))).is_err() {
+                    if tx.send((i, decode_file(i, path, model, plan))).is_err() {
                         break;
                     }
                 }
@@ -124,12 +127,13 @@ pub fn classify_paths(
 }
 
 /// Reads, hashes and preprocesses one file.
-fn decode_file(index: usize, path: &Path, model: &LoadedModel, limits: &DecodeLimits) -> Result<Decoded, FileError> {
+fn decode_file(index: usize, path: &Path, model: &LoadedModel, plan: &Plan) -> Result<Decoded, FileError> {
     let bytes = std::fs::read(path).map_err(FileError::Read)?;
     let spec = &model.spec.preprocess;
     let mut tensor = vec![0.0; spec.tensor_len()];
-    preprocess_bytes(&bytes, spec, limits, &mut tensor)?;
-    Ok(Decoded { index, tensor, content_hash: blake3::hash(&bytes).to_hex().to_string() })
+    preprocess_bytes(&bytes, spec, &plan.limits, &mut tensor)?;
+    let content_hash = plan.hash_contents.then(|| blake3::hash(&bytes).to_hex().to_string());
+    Ok(Decoded { index, tensor, content_hash })
 }
 
 /// Runs the engine on everything pending (if anything) and reports each row.

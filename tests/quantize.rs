@@ -2,6 +2,8 @@
 //! valid (tract and, where available, ONNX Runtime run it), its outputs stay
 //! close to the fp32 model's, and its metadata is kept and marked.
 
+mod common;
+use common::skip_or_fail_in_ci;
 use image::{ImageFormat, RgbImage};
 use instrument_model::engine::{self, BackendChoice, EngineOptions};
 use instrument_model::model::{LoadedModel, ModelSpec};
@@ -112,7 +114,7 @@ fn logits(model: &LoadedModel, backend: BackendChoice, imgs: &[PathBuf]) -> Opti
     let (mut clf, _) = match engine::open(model, backend, &EngineOptions::default()) {
         Ok(x) => x,
         Err(e) if backend == BackendChoice::OrtCpu => {
-            eprintln!("ONNX Runtime not available, part of the test skipped: {e}");
+            skip_or_fail_in_ci(&format!("ONNX Runtime is not available, so the ORT half of this test cannot run: {e}"));
             return None;
         }
         Err(e) => panic!("{backend:?} cannot open the model: {e}"),

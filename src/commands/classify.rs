@@ -48,7 +48,8 @@ pub fn classify(a: ClassifyArgs) -> Result<ExitCode> {
     let (model, mut engine) = open_engine(&a.model)?;
     let batch = a.model.batch_size.unwrap_or_else(|| engine.preferred_batch());
     let mut results: Vec<Option<FileResult>> = files.iter().map(|_| None).collect();
-    let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: a.top.max(1) };
+    let plan =
+        Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: a.top.max(1), hash_contents: false };
     classify_paths(&files, &model, engine.as_mut(), &plan, |i, r| results[i] = Some(r))?;
     let mut out = std::io::stdout().lock();
     let mut failed = 0;

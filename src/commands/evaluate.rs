@@ -116,7 +116,7 @@ struct Confusion {
 fn score(set: &LabelledSet, model: &LoadedModel, engine: &mut dyn Classifier, batch: usize) -> Result<Confusion> {
     let n = set.labels.len();
     let mut c = Confusion { matrix: vec![vec![0; n]; n], calibration: Vec::new(), errors: Vec::new() };
-    let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: 1 };
+    let plan = Plan { workers: workers(), batch, limits: DecodeLimits::default(), top: 1, hash_contents: false };
     classify_paths(&set.files, model, engine, &plan, |i, r| match r {
         // A verdict outside the set's labels cannot happen (they include
         // every verdict the model gives), so it would only go uncounted.

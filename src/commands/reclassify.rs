@@ -76,17 +76,18 @@ pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let mut outcomes = Vec::new();
     let (mut failed, mut changed) = (0usize, 0usize);
-    let plan = Plan { workers, batch, limits: DecodeLimits::default(), top: 5 };
+    let plan = Plan { workers, batch, limits: DecodeLimits::default(), top: 5, hash_contents: true };
     classify_paths(&paths, &model, engine.as_mut(), &plan, |i, r| match r {
         // The file holds other bytes than the row says (changed while no
         // daemon watched): its result belongs to no recorded content.
-        Ok(c) if c.content_hash != entries[i].0 => {
+        Ok(c) if c.content_hash.as_deref() != Some(entries[i].0.as_str()) => {
             changed += 1;
             tracing::warn!("{}: changed since it was recorded; left for the daemon", entries[i].1[0].path);
         }
-        Ok(Classified { top: top5, content_hash }) => outcomes.push(Outcome::Classified {
+        // Past the guard above, the bytes classified are the row's content.
+        Ok(Classified { top: top5, .. }) => outcomes.push(Outcome::Classified {
             prediction: PredictionRow {
-                content_hash,
+                content_hash: entries[i].0.clone(),
                 model_sha256: model.sha256.clone(),
                 top5,
                 backend: backend.clone(),

@@ -139,6 +139,19 @@ pub enum Outcome {
     Deleted { path: String },
 }
 
+/// One file's row: `ok` with no error, or `error` with its kind and message.
+fn upsert(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    f: &FileMeta,
+    content_hash: Option<&str>,
+    error: Option<(FailureKind, &str)>,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    let status = if error.is_some() { FileStatus::Error } else { FileStatus::Ok };
+    let (kind, message) = error.unzip();
+    stmt.execute(params![f.path, content_hash, f.size, f.mtime_ns, status, kind, message, now])
+}
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
@@ -316,7 +329,6 @@ impl Store {
                 "UPDATE files SET status = 'deleted', deleted_at = ?3
                  WHERE path >= ?1 AND path < ?2 AND status <> 'deleted'",
             )?;
-            let (no_kind, no_message): (Option<FailureKind>, Option<&str>) = (None, None);
             for outcome in outcomes {
                 match outcome {
                     Outcome::Classified { prediction, files } => {
@@ -336,41 +348,14 @@ impl Store {
                             now
                         ])?;
                         for f in files {
-                            upsert_file.execute(params![
-                                f.path,
-                                prediction.content_hash,
-                                f.size,
-                                f.mtime_ns,
-                                FileStatus::Ok,
-                                no_kind,
-                                no_message,
-                                now
-                            ])?;
+                            upsert(&mut upsert_file, f, Some(&prediction.content_hash), None, &now)?;
                         }
                     }
-                    Outcome::Known { content_hash, file: f } => {
-                        upsert_file.execute(params![
-                            f.path,
-                            content_hash,
-                            f.size,
-                            f.mtime_ns,
-                            FileStatus::Ok,
-                            no_kind,
-                            no_message,
-                            now
-                        ])?;
+                    Outcome::Known { content_hash, file } => {
+                        upsert(&mut upsert_file, file, Some(content_hash), None, &now)?;
                     }
-                    Outcome::Failed { file: f, content_hash, kind, message } => {
-                        upsert_file.execute(params![
-                            f.path,
-                            content_hash,
-                            f.size,
-                            f.mtime_ns,
-                            FileStatus::Error,
-                            kind,
-                            message,
-                            now
-                        ])?;
+                    Outcome::Failed { file, content_hash, kind, message } => {
+                        upsert(&mut upsert_file, file, content_hash.as_deref(), Some((*kind, message)), &now)?;
                     }
                     Outcome::Deleted { path } => {
                         delete_file.execute(params![path, now])?;
