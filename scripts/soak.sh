@@ -25,13 +25,15 @@ run_timed() {
 
 burst() {
     RELIABILITY_BURST="${SOAK_BURST:-5000}" run_timed "burst of ${SOAK_BURST:-5000}" \
-        cargo test --release --test reliability -- --exact burst_of_distinct_images_gets_one_row_each_and_none_twice --nocapture
+        cargo test --release --test tests -- --exact reliability::burst_of_distinct_images_gets_one_row_each_and_none_twice --nocapture
 }
 
 kill_rounds() {
     for round in $(seq 1 "${SOAK_KILL_ROUNDS:-3}"); do
+        # A fresh seed per round: CI always replays the fixed default one.
+        RELIABILITY_SEED="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')" \
         RELIABILITY_KILL_FILES="${SOAK_KILL_FILES:-3000}" RELIABILITY_KILLS=10 run_timed "sigkill round $round" \
-            cargo test --release --test reliability -- --exact sigkill_at_random_moments_ten_restarts_loses_nothing --nocapture
+            cargo test --release --test tests -- --exact reliability::sigkill_at_random_moments_ten_restarts_loses_nothing --nocapture
     done
 }
 
@@ -47,7 +49,7 @@ fuzz() {
     else
         echo "soak: no nightly toolchain or cargo-fuzz; running the deterministic mutation fuzzer instead"
         RELIABILITY_FUZZ_SECS="$secs" run_timed "mutation fuzz for ${secs}s" \
-            cargo test --release --test reliability_fuzz -- --exact mutation_soak --nocapture
+            cargo test --release --test tests -- --exact reliability_fuzz::mutation_soak --nocapture
     fi
 }
 
@@ -56,7 +58,7 @@ case "$what" in
     kill) kill_rounds ;;
     fuzz) fuzz ;;
     all)
-        run_timed "fault suite" cargo test --release --test reliability --test reliability_fuzz -- --nocapture
+        run_timed "fault suite" cargo test --release --test tests -- --nocapture reliability::  reliability_fuzz::
         burst
         kill_rounds
         fuzz

@@ -1,8 +1,7 @@
 //! Backend choice through the real binary: `auto` steps down with a reason, a
 //! named backend is that one or a clear failure, and results agree.
 
-mod common;
-use common::*;
+use crate::common::*;
 use image::ImageFormat;
 
 fn classify(s: &Setup, img: &std::path::Path, extra: &[&str]) -> std::process::Output {

@@ -2,9 +2,7 @@
 //! ends the command quietly with exit 0, as ripgrep does: no "Broken pipe"
 //! error, no panic.
 
-mod common;
-
-use common::Setup;
+use crate::common::Setup;
 use std::process::Stdio;
 
 fn with_closed_stdout(s: &Setup, args: &[&str]) -> std::process::Output {
@@ -28,7 +26,7 @@ fn a_closed_stdout_ends_query_stats_and_status_quietly() {
     // make one with a single classified photo.
     s.write_image("a.png", "red", image::ImageFormat::Png, 1);
     let mut d = s.start(&[]);
-    common::wait_for(60, "one row", || s.count("SELECT count(*) FROM results") == 1);
+    crate::common::wait_for(60, "one row", || s.count("SELECT count(*) FROM results") == 1);
     d.stop();
     for args in [&["query"][..], &["query", "--format", "json"], &["query", "--format", "csv"], &["stats"], &["status"]]
     {

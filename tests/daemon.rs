@@ -1,7 +1,6 @@
 //! The daemon end to end: the real binary, a temp folder, generated images.
 
-mod common;
-use common::*;
+use crate::common::*;
 use image::ImageFormat;
 use std::io::Write;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! Living with the daemon: reclassify after a model change, config files,
 //! metrics and status, the sorted view.
 
-mod common;
-use common::*;
+use crate::common::*;
 use image::ImageFormat;
 use std::io::{Read, Write};
 

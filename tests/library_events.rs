@@ -1,10 +1,10 @@
 //! What happens to a library that already holds results: deletions, folders
-//! moved away or within, and names that are not UTF-8.
+//! moved away or within, names that are not UTF-8, files changed behind the
+//! daemon's back, and copies of contents it already knows.
 
-mod common;
-
-use common::{Setup, wait_for};
+use crate::common::{Setup, wait_for};
 use image::ImageFormat;
+use instrument_model::testkit;
 use std::os::unix::ffi::OsStrExt;
 
 const OK: &str = "SELECT count(*) FROM files WHERE status = 'ok'";
@@ -76,4 +76,49 @@ fn names_that_are_not_utf8_work_in_organize_report_and_reclassify() {
         s.cmd(&["reclassify", "--backend", "tract", "--db"]).arg(&s.db).arg("--model").arg(&s.model).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("reclassified 2 contents") && err.contains("(0 skipped)"), "{err}");
+}
+
+#[test]
+fn reclassify_leaves_a_file_that_changed_since_it_was_recorded_to_the_daemon() {
+    let s = Setup::new();
+    let photo = s.write_image("photo.png", "red", ImageFormat::Png, 1);
+    let mut d = s.start(&[]);
+    wait_for(30, "1 row", || s.count(OK) == 1);
+    assert!(d.stop().success(), "{}", d.log());
+
+    // While no daemon watches, the file gets other content: the row still
+    // names the red content, and the bytes on disk are blue.
+    testkit::write_color_image(&photo, "blue", ImageFormat::Png, 2).unwrap();
+    let out =
+        s.cmd(&["reclassify", "--backend", "tract", "--db"]).arg(&s.db).arg("--model").arg(&s.model).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("reclassified 0 contents") && err.contains("1 of the skipped changed"), "{err}");
+    // A blue result filed under the red content would relabel it.
+    let rows = s.query(&[]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["label"], "red", "reclassify wrote the new bytes' label under the old content: {rows:?}");
+
+    // The daemon, next time, sees the change and records the new content.
+    let mut d = s.start(&[]);
+    wait_for(30, "the changed file relabelled", || s.query(&[]).first().is_some_and(|r| r["label"] == "blue"));
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+fn organize_places_a_later_copy_of_a_known_content_under_its_label() {
+    let s = Setup::new();
+    let sorted = s.tmp.path().join("sorted");
+    let mut d = s.start(&["--organize", sorted.to_str().unwrap()]);
+    let first = s.write_image("first.png", "green", ImageFormat::Png, 3);
+    wait_for(30, "the first copy placed", || sorted.join("green").join("first.png").exists());
+    let predictions = s.count("SELECT count(*) FROM predictions");
+
+    // Same bytes under another name: a known content, never classified again,
+    // and still placed under the label its content already has.
+    std::fs::copy(&first, s.dir.join("second.png")).unwrap();
+    wait_for(30, "the second copy placed", || sorted.join("green").join("second.png").exists());
+    assert_eq!(s.count("SELECT count(*) FROM predictions"), predictions, "a known content was classified again");
+    assert_eq!(s.count(OK), 2);
+    assert!(d.stop().success(), "{}", d.log());
 }

@@ -2,9 +2,7 @@
 //! known in advance (`testkit::open_world_color_model`): the daemon, `query`,
 //! `stats`, `classify` and `evaluate` with a `none` folder.
 
-mod common;
-
-use common::{Setup, wait_for};
+use crate::common::{Setup, wait_for};
 use image::ImageFormat;
 use instrument_model::testkit;
 use std::path::Path;

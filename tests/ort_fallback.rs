@@ -16,8 +16,12 @@ const LIB: &str = "INSTRUMENT_DETECTOR_ORT_SCENARIO_LIB";
 
 /// Runs `scenario_child` in a fresh process and requires it to pass.
 fn run_child(scenario: &str, lib: &Path, extra_env: &[(&str, &str)]) {
+    // libtest names a test by its path without the crate: `ort_fallback::…`
+    // where `module_path!()` says `tests::ort_fallback`.
+    let module = module_path!().split_once("::").map_or(module_path!(), |(_crate, rest)| rest);
+    let child_test = format!("{module}::scenario_child");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["scenario_child", "--exact", "--nocapture", "--test-threads=1"])
+    cmd.args([child_test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env(SCENARIO, scenario)
         .env(LIB, lib)
         .env_remove("ORT_DYLIB_PATH");

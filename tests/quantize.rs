@@ -2,8 +2,7 @@
 //! valid (tract and, where available, ONNX Runtime run it), its outputs stay
 //! close to the fp32 model's, and its metadata is kept and marked.
 
-mod common;
-use common::skip_or_fail_in_ci;
+use crate::common::skip_or_fail_in_ci;
 use image::{ImageFormat, RgbImage};
 use instrument_model::engine::{self, BackendChoice, EngineOptions};
 use instrument_model::model::{LoadedModel, ModelSpec};

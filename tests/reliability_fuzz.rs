@@ -62,7 +62,7 @@ fn corpus_and_regressions_never_panic() {
     let c = corpus();
     assert!(
         c.len() >= 10,
-        "the seed corpus is missing: run `cargo test --release --test reliability_fuzz -- --ignored write_seed_corpus`"
+        "the seed corpus is missing: run `cargo test --release --test tests -- --ignored reliability_fuzz::write_seed_corpus`"
     );
     for (p, bytes) in &c {
         for limits in [DecodeLimits::default(), tight()] {

@@ -1,7 +1,6 @@
 //! The HTML report, opened in a real headless browser (Debian's chromium).
 
-mod common;
-use common::*;
+use crate::common::*;
 use image::ImageFormat;
 
 fn chromium() -> Option<String> {

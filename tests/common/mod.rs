@@ -69,6 +69,7 @@ impl Setup {
             .stderr(logf)
             .spawn()
             .expect("starting the daemon");
+        LIVE_DAEMON_LOGS.with(|logs| logs.borrow_mut().push(log.clone()));
         Daemon { child: Some(child), log }
     }
 
@@ -79,14 +80,23 @@ impl Setup {
         serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("query JSON")
     }
 
-    /// Number of rows in `files` with a final status, read directly.
+    /// The single number `sql` returns, read directly from the database.
+    /// Zero while the daemon has not yet created the database or its
+    /// `files` table; any other failure is a bug in the test or the schema
+    /// and panics, so a misspelt column cannot read as "nothing yet".
     pub fn count(&self, sql: &str) -> i64 {
         if !self.db.exists() {
             return 0;
         }
         let conn = rusqlite::Connection::open_with_flags(&self.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
         conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        conn.query_row(sql, [], |r| r.get(0)).unwrap_or(0)
+        let has_files: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'files'", [], |r| r.get(0))
+            .expect("reading sqlite_master");
+        if has_files == 0 {
+            return 0;
+        }
+        conn.query_row(sql, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     pub fn write_image(&self, rel: &str, label: &str, format: image::ImageFormat, seed: u32) -> PathBuf {
@@ -145,10 +155,25 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        LIVE_DAEMON_LOGS.with(|logs| logs.borrow_mut().retain(|l| l != &self.log));
     }
 }
 
-/// Polls `cond` until it holds or `secs` pass.
+thread_local! {
+    /// Log files of the daemons the current test has running. libtest runs
+    /// each test on a thread of its own, so a thread-local is exactly "this
+    /// test's daemons", and `wait_for` can show them when it times out
+    /// without every caller having to pass its `Daemon` in.
+    static LIVE_DAEMON_LOGS: std::cell::RefCell<Vec<PathBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// How much of each daemon log a timeout shows: enough for the last few
+/// pipeline events, short enough to read in a CI log.
+const LOG_TAIL_LINES: usize = 100;
+
+/// Polls `cond` until it holds or `secs` pass. On timeout, panics with the
+/// tail of every daemon log this test started, since "timed out" alone says
+/// nothing about what the daemon was doing.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
@@ -157,7 +182,21 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {secs}s waiting for: {what}");
+    panic!("timed out after {secs}s waiting for: {what}{}", daemon_log_tails());
+}
+
+fn daemon_log_tails() -> String {
+    LIVE_DAEMON_LOGS.with(|logs| {
+        logs.borrow()
+            .iter()
+            .map(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
+                format!("\n--- last {LOG_TAIL_LINES} lines of {} ---\n{tail}", path.display())
+            })
+            .collect()
+    })
 }
 
 pub fn is_settled(path: &Path) -> bool {
