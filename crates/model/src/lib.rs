@@ -3,6 +3,7 @@
 //! Everything a photo goes through between its bytes and a ranked list of
 //! labels, and nothing else (no SQLite, no daemon, no training):
 //! - [`preprocess`]: bytes to a normalised tensor (the one preprocessing path);
+//! - [`formats`]: HEIC, AVIF, JPEG XL and camera RAW, which preprocess hands on;
 //! - [`model`]: the self-describing ONNX model file and its metadata;
 //! - [`open_world`]: the appended ImageNet head and the `none` verdict;
 //! - [`engine`]: ONNX Runtime (CUDA, CPU) and tract behind one trait;
@@ -17,6 +18,7 @@
 pub mod calibration;
 #[cfg(feature = "onnx")]
 pub mod engine;
+pub mod formats;
 #[cfg(feature = "onnx")]
 pub mod model;
 #[cfg(feature = "onnx")]

@@ -16,6 +16,7 @@
 //! - EXIF orientation is applied; grayscale, CMYK, 16-bit and alpha images all
 //!   end up as 8-bit RGB (alpha composited onto white).
 
+use crate::formats;
 use fast_image_resize::{self as fr, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage, metadata::Orientation};
 use std::io::Cursor;
@@ -184,7 +185,8 @@ fn describe_non_image(bytes: &[u8]) -> String {
     if printable * 10 >= head.len() * 9 {
         "the content looks like text".to_string()
     } else {
-        "unrecognised content (no JPEG, PNG, WebP, BMP, GIF or TIFF signature)".to_string()
+        "unrecognised content (no JPEG, PNG, WebP, BMP, GIF, TIFF, HEIC, AVIF, JPEG XL or camera RAW signature)"
+            .to_string()
     }
 }
 
@@ -199,6 +201,9 @@ pub fn decode_rgb(bytes: &[u8], min_side: u32, limits: &DecodeLimits) -> Result<
     }
     if bytes.len() as u64 > limits.max_file_bytes {
         return Err(ImageError::FileTooLarge { bytes: bytes.len() as u64, limit: limits.max_file_bytes });
+    }
+    if let Some(container) = formats::sniff(bytes) {
+        return formats::decode(container, bytes, min_side, limits);
     }
     let format = sniff(bytes).ok_or_else(|| ImageError::NotAnImage(describe_non_image(bytes)))?;
     if format == ImageFormat::Jpeg
@@ -339,7 +344,7 @@ fn format_name(format: ImageFormat) -> String {
     format!("{format:?}").to_uppercase()
 }
 
-fn check_dims(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
+pub(crate) fn check_dims(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
     if width == 0 || height == 0 {
         return Err(ImageError::Corrupt { format: "image".into(), detail: format!("zero size {width}x{height}") });
     }
@@ -384,7 +389,7 @@ fn decode_generic(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> R
 
 /// Flattens any colour type to RGB8; transparent pixels become white, as a
 /// person looking at the photo would see them.
-fn to_rgb8(img: DynamicImage) -> RgbImage {
+pub(crate) fn to_rgb8(img: DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
         return match img {
             DynamicImage::ImageRgb8(rgb) => rgb,

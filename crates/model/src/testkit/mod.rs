@@ -4,6 +4,8 @@
 //! own: a colour classifier whose answer is known in advance (a red picture is
 //! "red"), written through the same ONNX writer the trainer uses.
 
+pub mod raw_files;
+
 use crate::model::{ModelSpec, keys};
 use crate::onnx::{Attr, Dim, GraphBuilder, dtype};
 use crate::preprocess::{PreprocessSpec, ResizeMode};
