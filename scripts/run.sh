@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh >/dev/null
+scripts/setup-system.sh
 source scripts/env.sh
 # `cargo run` finds the binary wherever CARGO_TARGET_DIR puts it.
 exec cargo run --quiet --release --bin instrument-detector -- watch watch/ "$@"

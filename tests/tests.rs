@@ -12,6 +12,7 @@ mod daemon;
 mod day_two;
 mod engine_ort;
 mod engine_tract;
+mod formats;
 mod library_events;
 mod open_world;
 mod ort_fallback;

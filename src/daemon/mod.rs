@@ -303,6 +303,19 @@ fn log_start(cfg: &WatchConfig, dir: &Path, model: &LoadedModel, backend: engine
         workers = cfg.workers,
         "instrument-detector watching"
     );
+    log_native_decoders();
+}
+
+/// Says once, at start-up, which formats a missing system library turns
+/// off; each file of such a format still gets an `unsupported` row that
+/// names the format and the reason.
+fn log_native_decoders() {
+    for (formats, available) in instrument_model::formats::native_decoders() {
+        match available {
+            Ok(version) => tracing::info!("{formats}: read with {version}"),
+            Err(why) => tracing::warn!("{formats} are turned off: {why}"),
+        }
+    }
 }
 
 /// One batcher per independent piece of the engine (ORT CPU: one per core),

@@ -43,6 +43,23 @@ impl Setup {
     /// then exactly `args`, optionally under a wrapper command (its argv,
     /// followed by the binary), logging at debug to a file of its own.
     pub fn spawn(&self, wrapper: Option<&[&str]>, dir: &Path, db: &Path, args: &[&str]) -> Daemon {
+        self.spawn_with_env(wrapper, dir, db, args, &[])
+    }
+
+    /// [`Setup::start`] with extra environment variables for the daemon.
+    pub fn start_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let args: Vec<&str> = ["--settle-ms", "300", "--reconcile-secs", "2"].iter().chain(extra).copied().collect();
+        self.spawn_with_env(None, &self.dir, &self.db, &args, env)
+    }
+
+    fn spawn_with_env(
+        &self,
+        wrapper: Option<&[&str]>,
+        dir: &Path,
+        db: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log = self.tmp.path().join(format!("daemon-{}-{n}.log", std::process::id()));
@@ -65,6 +82,7 @@ impl Setup {
             .args(["--backend", "tract"])
             .args(args)
             .env("RUST_LOG", "instrument_detector=debug,instrument_model=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(logf)
             .spawn()

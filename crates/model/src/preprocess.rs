@@ -760,6 +760,43 @@ mod tests {
     }
 
     #[test]
+    fn an_animated_gif_is_read_as_its_first_frame() {
+        use image::codecs::gif::{GifEncoder, Repeat};
+        let frame = |rgb| image::Frame::new(image::RgbaImage::from_pixel(6, 4, image::Rgba(rgb)));
+        let mut gif = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut gif);
+            enc.set_repeat(Repeat::Infinite).unwrap();
+            enc.encode_frames([frame([220, 20, 20, 255]), frame([20, 20, 220, 255])]).unwrap();
+        }
+        let rgb = decode_rgb(&gif, 0, &DecodeLimits::default()).unwrap();
+        let p = rgb.get_pixel(3, 2).0;
+        assert!(p[0] > 180 && p[2] < 60, "not the first frame: {p:?}");
+    }
+
+    /// The EXIF orientation is applied on both JPEG paths (full and DCT-scaled).
+    #[test]
+    fn an_exif_orientation_turns_a_jpeg_on_both_paths() {
+        let img =
+            RgbImage::from_fn(
+                640,
+                480,
+                |x, _| if x < 320 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 20, 220]) },
+            );
+        let jpeg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
+        let turned = crate::testkit::raw_files::jpeg_with_exif_orientation(&jpeg, 6);
+        for min_side in [0, 100] {
+            let upright = decode_rgb(&jpeg, min_side, &DecodeLimits::default()).unwrap();
+            let rgb = decode_rgb(&turned, min_side, &DecodeLimits::default()).unwrap();
+            assert_eq!(rgb.dimensions(), (upright.height(), upright.width()), "min_side {min_side}");
+            // A quarter turn clockwise puts the left (red) half on top.
+            let top = rgb.get_pixel(rgb.width() / 2, rgb.height() / 4).0;
+            let bottom = rgb.get_pixel(rgb.width() / 2, rgb.height() * 3 / 4).0;
+            assert!(top[0] > 180 && bottom[2] > 180, "min_side {min_side}: {top:?} {bottom:?}");
+        }
+    }
+
+    #[test]
     fn scaled_jpeg_decode_covers_the_target_and_keeps_the_picture() {
         // 1600x1200 photo: left half red, right half green.
         let img =

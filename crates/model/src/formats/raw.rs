@@ -130,6 +130,9 @@ pub(crate) fn decode(
     if candidates.is_empty() {
         candidates = scanned_previews(bytes);
     }
+    if let Some(detail) = cut_short(kind, bytes, tiff.as_ref()) {
+        return Err(ImageError::Truncated { format: kind.name().into(), detail });
+    }
     let Some(best) = candidates.into_iter().max_by_key(|p| (p.pixels, p.end - p.start)) else {
         return Err(ImageError::Unsupported {
             format: format!("{} (no embedded JPEG preview; sensor data is not developed)", kind.name()),
@@ -146,6 +149,39 @@ pub(crate) fn decode(
             Ok(img.into_rgb8())
         }
         _ => Ok(img),
+    }
+}
+
+/// Why a RAW file is cut, if it is: its structure points past the end of
+/// the data. Checked whether or not a preview survives, since a file that
+/// ends early is still being copied or was damaged in transit, and the
+/// settle rule and the user should both hear so.
+fn cut_short(kind: RawKind, bytes: &[u8], tiff: Option<&Tiff>) -> Option<String> {
+    let len = bytes.len() as u64;
+    let ends = |what: &str| format!("the file ends at byte {len}, before its {what}");
+    match kind {
+        RawKind::Cr3 => super::bmff::truncation(bytes),
+        RawKind::Raf => {
+            // (offset, length) pairs of the header: the JPEG, the CFA header, the CFA data.
+            let field = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64);
+            let pairs = [(84, "preview"), (92, "sensor header"), (100, "sensor data")];
+            pairs.into_iter().find_map(|(at, what)| match (field(at), field(at + 4)) {
+                (Some(start), Some(n)) if start + n <= len => None,
+                _ => Some(ends(what)),
+            })
+        }
+        _ => {
+            let t = tiff?;
+            if t.ends_before_ifd0() {
+                return Some(ends("first directory"));
+            }
+            t.all_ifds().iter().find_map(|ifd| {
+                let values = |tag| ifd.get(tag).map(|e| t.values(e)).unwrap_or_default();
+                let spans = values(tiff::STRIP_OFFSETS).into_iter().zip(values(tiff::STRIP_BYTE_COUNTS));
+                let jpeg = values(tiff::JPEG_OFFSET).into_iter().zip(values(tiff::JPEG_LENGTH));
+                spans.chain(jpeg).any(|(start, n)| start as u64 + n as u64 > len).then(|| ends("image data"))
+            })
+        }
     }
 }
 

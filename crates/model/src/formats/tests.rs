@@ -64,8 +64,9 @@ fn cut_and_damaged_raw_files_are_error_rows_not_panics() {
     let preview = encode(&two_halves(), ImageFormat::Jpeg);
     for layout in RawLayout::ALL {
         let file = raw_file(layout, &preview, 1);
-        for cut in [file.len() / 4, file.len() / 2, file.len() * 3 / 4] {
-            let _ = decode(&file[..cut]);
+        for cut in [file.len() / 4, file.len() / 2, file.len() * 3 / 4, file.len() - 1] {
+            let e = decode(&file[..cut]).expect_err("a cut RAW file decoded");
+            assert_eq!(e.kind(), crate::preprocess::DecodeFailure::Truncated, "{layout:?} cut at {cut}: {e}");
         }
         let mut damaged = file.clone();
         for b in damaged.iter_mut().skip(16).step_by(7) {
@@ -83,7 +84,7 @@ fn a_raw_file_whose_preview_is_cut_is_truncated() {
     let cut = &file[..160 + preview.len() / 2];
     let e = decode(cut).unwrap_err();
     assert_eq!(e.kind(), crate::preprocess::DecodeFailure::Truncated, "{e}");
-    assert!(e.to_string().contains("RAF preview"), "{e}");
+    assert!(e.to_string().contains("RAF") && e.to_string().contains("before its preview"), "{e}");
 }
 
 #[test]

@@ -126,6 +126,13 @@ impl<'a> Tiff<'a> {
         out
     }
 
+    /// Whether the data ends before the first IFD does: a cut file (a RAW
+    /// writer may put IFD0 anywhere, often after the preview).
+    pub(crate) fn ends_before_ifd0(&self) -> bool {
+        let entries = self.u16_at(self.first_ifd).map_or(0, |n| n as usize);
+        self.first_ifd + 2 + 12 * entries + 4 > self.data.len()
+    }
+
     /// The first IFD alone (where orientation and the maker live).
     pub(crate) fn ifd0(&self) -> Option<Ifd> {
         self.ifd_at(self.first_ifd).map(|(ifd, _)| ifd)

@@ -292,14 +292,20 @@ fn small_jpeg() -> Vec<u8> {
 }
 
 fn raf(preview: &[u8]) -> Vec<u8> {
+    // The header's (offset, length) pairs: the JPEG at 84, the sensor data at 100.
     let mut out = b"FUJIFILMCCD-RAW 0201FF383501".to_vec();
     out.resize(84, 0);
     let at = 160u32;
     out.extend_from_slice(&at.to_be_bytes());
     out.extend_from_slice(&(preview.len() as u32).to_be_bytes());
+    let sensor = sensor_data(4096);
+    let sensor_at = at as usize + preview.len();
+    out.resize(100, 0);
+    out.extend_from_slice(&(sensor_at as u32).to_be_bytes());
+    out.extend_from_slice(&(sensor.len() as u32).to_be_bytes());
     out.resize(at as usize, 0);
     out.extend_from_slice(preview);
-    out.extend(sensor_data(4096));
+    out.extend(sensor);
     out
 }
 
