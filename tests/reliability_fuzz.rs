@@ -259,6 +259,33 @@ fn write_seed_corpus() {
     };
     jpeg.splice(2..2, exif);
     put("exif-rotated.jpg", jpeg);
+    // Camera RAW: every layout the RAW reader knows, each with a preview
+    // big enough for the DCT-scaled path.
+    let preview = testkit::encode(&testkit::color_image("green", 40, 24, 5), ImageFormat::Jpeg);
+    for layout in testkit::raw_files::RawLayout::ALL {
+        put(&format!("raw.{}", layout.extension()), testkit::raw_files::raw_file(layout, &preview, 6));
+    }
+    // HEIC (8 and 10 bit), AVIF and JPEG XL from the real encoders.
+    let work = tempfile::tempdir().unwrap();
+    let png = work.path().join("in.png");
+    testkit::write_color_image(&png, "blue", ImageFormat::Png, 2).unwrap();
+    let deep = work.path().join("deep.png");
+    DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(12, 8, |x, y| {
+        image::Rgb([x as u16 * 5000, y as u16 * 8000, 900])
+    }))
+    .save(&deep)
+    .unwrap();
+    for (name, tool, args, input) in [
+        ("rgb.heic", "heif-enc", &["-q", "50"][..], &png),
+        ("rgb10.heic", "heif-enc", &["-b", "10"][..], &deep),
+        ("rgb.avif", "heif-enc", &["-A", "-q", "50"][..], &png),
+    ] {
+        let out = dir.join(name);
+        let status = std::process::Command::new(tool).args(args).arg(input).arg("-o").arg(&out).status();
+        assert!(status.is_ok_and(|s| s.success()), "{tool} failed (apt install libheif-examples)");
+    }
+    let status = std::process::Command::new("cjxl").arg(&png).arg(dir.join("rgb.jxl")).args(["-d", "2"]).status();
+    assert!(status.is_ok_and(|s| s.success()), "cjxl failed (apt install libjxl-tools)");
     // Hostile seeds: a PNG header claiming 60000x60000, and text.
     put("huge-header.png", testkit::png_header_claiming(60000, 60000));
     put("text.txt", b"not an image at all\n".to_vec());
