@@ -35,8 +35,7 @@ impl Setup {
 
     /// Starts `watch` on the tract backend with a short settle interval.
     pub fn start(&self, extra: &[&str]) -> Daemon {
-        let args: Vec<&str> = ["--settle-ms", "300", "--reconcile-secs", "2"].iter().chain(extra).copied().collect();
-        self.spawn(None, &self.dir, &self.db, &args)
+        self.start_with_env(extra, &[])
     }
 
     /// Starts `watch DIR --db DB --model <colour model> --backend tract` and

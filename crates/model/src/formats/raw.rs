@@ -122,16 +122,19 @@ pub(crate) fn decode(
     limits: &DecodeLimits,
 ) -> Result<RgbImage, ImageError> {
     let tiff = Tiff::parse(bytes);
+    // Walked once, for both the cut check and the preview pointers.
+    let ifds = tiff.map(|t| t.all_ifds()).unwrap_or_default();
+    // First, as it is cheap and spares a cut file the byte scan.
+    if let Some(detail) = cut_short(kind, bytes, tiff.as_ref(), &ifds) {
+        return Err(ImageError::Truncated { format: kind.name().into(), detail });
+    }
     let mut candidates = match (kind, tiff) {
         (RawKind::Raf, _) => raf_preview(bytes).into_iter().collect(),
-        (_, Some(t)) => tiff_previews(&t),
+        (_, Some(t)) => tiff_previews(&t, &ifds),
         (_, None) => Vec::new(),
     };
     if candidates.is_empty() {
         candidates = scanned_previews(bytes);
-    }
-    if let Some(detail) = cut_short(kind, bytes, tiff.as_ref()) {
-        return Err(ImageError::Truncated { format: kind.name().into(), detail });
     }
     let Some(best) = candidates.into_iter().max_by_key(|p| (p.pixels, p.end - p.start)) else {
         return Err(ImageError::Unsupported {
@@ -156,17 +159,16 @@ pub(crate) fn decode(
 /// the data. Checked whether or not a preview survives, since a file that
 /// ends early is still being copied or was damaged in transit, and the
 /// settle rule and the user should both hear so.
-fn cut_short(kind: RawKind, bytes: &[u8], tiff: Option<&Tiff>) -> Option<String> {
+fn cut_short(kind: RawKind, bytes: &[u8], tiff: Option<&Tiff>, ifds: &[tiff::Ifd]) -> Option<String> {
     let len = bytes.len() as u64;
     let ends = |what: &str| format!("the file ends at byte {len}, before its {what}");
     match kind {
         RawKind::Cr3 => super::bmff::truncation(bytes),
         RawKind::Raf => {
             // (offset, length) pairs of the header: the JPEG, the CFA header, the CFA data.
-            let field = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as u64);
             let pairs = [(84, "preview"), (92, "sensor header"), (100, "sensor data")];
-            pairs.into_iter().find_map(|(at, what)| match (field(at), field(at + 4)) {
-                (Some(start), Some(n)) if start + n <= len => None,
+            pairs.into_iter().find_map(|(at, what)| match (raf_field(bytes, at), raf_field(bytes, at + 4)) {
+                (Some(start), Some(n)) if start as u64 + n as u64 <= len => None,
                 _ => Some(ends(what)),
             })
         }
@@ -175,7 +177,7 @@ fn cut_short(kind: RawKind, bytes: &[u8], tiff: Option<&Tiff>) -> Option<String>
             if t.ends_before_ifd0() {
                 return Some(ends("first directory"));
             }
-            t.all_ifds().iter().find_map(|ifd| {
+            ifds.iter().find_map(|ifd| {
                 let values = |tag| ifd.get(tag).map(|e| t.values(e)).unwrap_or_default();
                 let spans = values(tiff::STRIP_OFFSETS).into_iter().zip(values(tiff::STRIP_BYTE_COUNTS));
                 let jpeg = values(tiff::JPEG_OFFSET).into_iter().zip(values(tiff::JPEG_LENGTH));
@@ -201,17 +203,21 @@ fn orientation(t: &Tiff) -> Option<Orientation> {
     Orientation::from_exif(u8::try_from(value).ok()?)
 }
 
+/// A big-endian u32 of the RAF header (its offsets and lengths).
+fn raf_field(bytes: &[u8], at: usize) -> Option<u32> {
+    bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 fn raf_preview(bytes: &[u8]) -> Option<Preview> {
-    let field = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let (start, len) = (field(84)?, field(88)?);
+    let (start, len) = (raf_field(bytes, 84)? as usize, raf_field(bytes, 88)? as usize);
     preview_at(bytes, start, start.checked_add(len)?)
 }
 
-fn tiff_previews(t: &Tiff) -> Vec<Preview> {
+fn tiff_previews(t: &Tiff, ifds: &[tiff::Ifd]) -> Vec<Preview> {
     let data = t.data();
     let mut out = Vec::new();
-    for ifd in t.all_ifds() {
-        if is_sensor_data(t, &ifd) {
+    for ifd in ifds {
+        if is_sensor_data(t, ifd) {
             continue;
         }
         let first = |tag| ifd.get(tag).and_then(|e| t.values(e).first().copied()).map(|v| v as usize);
