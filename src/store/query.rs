@@ -72,7 +72,11 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
         args.push(Value::Text(g.clone()));
         args.push(Value::Text(g.clone()));
     }
-    sql.push_str(" ORDER BY path");
+    // `+path` keeps SQLite from walking the whole table in path order to
+    // avoid a sort: a time filter usually keeps few rows, so it reads them
+    // through `files_by_result_at` and sorts those. A label's index is
+    // already in path order.
+    sql.push_str(if f.since.is_some() && f.label.is_none() { " ORDER BY +path" } else { " ORDER BY path" });
     if let Some(n) = f.limit {
         sql.push_str(" LIMIT ?");
         args.push(Value::Integer(n.min(i64::MAX as u64) as i64));
@@ -136,18 +140,28 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
         let rows = stmt.query_map(args, |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect()
     };
-    let min = min_confidence.unwrap_or(0.0);
-    Ok(Summary {
-        files: one("SELECT count(*) FROM files WHERE status <> 'deleted'")?,
-        ok: one("SELECT count(*) FROM files WHERE status = 'ok'")?,
-        errors: one("SELECT count(*) FROM files WHERE status = 'error'")?,
-        deleted: one("SELECT count(*) FROM files WHERE status = 'deleted'")?,
-        distinct_contents: one("SELECT count(DISTINCT content_hash) FROM files WHERE status = 'ok'")?,
-        labels: pairs(
+    // One pass over the status index rather than four counts.
+    let by_status = pairs("SELECT status, count(*) FROM files GROUP BY status", &[])?;
+    let status_count = |s: &str| by_status.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+    // `label` is set on ok rows only (schema version 2), so both forms read
+    // the label index; without a threshold it is all they read.
+    let labels = match min_confidence {
+        None => {
+            pairs("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label ORDER BY 2 DESC, 1", &[])?
+        }
+        Some(min) => pairs(
             "SELECT CASE WHEN confidence >= ?1 THEN label ELSE 'unknown' END AS l, count(*)
-             FROM results WHERE status = 'ok' AND label IS NOT NULL GROUP BY l ORDER BY count(*) DESC, l",
+             FROM files WHERE label IS NOT NULL GROUP BY l ORDER BY count(*) DESC, l",
             &[&min],
         )?,
+    };
+    Ok(Summary {
+        files: status_count("ok") + status_count("error"),
+        ok: status_count("ok"),
+        errors: status_count("error"),
+        deleted: status_count("deleted"),
+        distinct_contents: one("SELECT count(DISTINCT content_hash) FROM files WHERE status = 'ok'")?,
+        labels,
         error_kinds: pairs(
             "SELECT coalesce(error_kind, 'unknown'), count(*) FROM files WHERE status = 'error'
              GROUP BY 1 ORDER BY 2 DESC, 1",
@@ -170,4 +184,101 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
         },
         backends: pairs("SELECT backend, count(*) FROM predictions GROUP BY backend ORDER BY 2 DESC", &[])?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FileMeta, Outcome, PredictionRow};
+
+    fn meta(path: &str) -> FileMeta {
+        FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
+    }
+
+    fn classified(hash: &str, model: &str, label: &str, paths: &[&str]) -> Outcome {
+        Outcome::Classified {
+            prediction: PredictionRow {
+                content_hash: hash.into(),
+                model_sha256: model.into(),
+                top5: vec![Scored { label: label.into(), confidence: 0.8 }],
+                backend: "tract".into(),
+                inference_ms: 1.0,
+            },
+            files: paths.iter().map(|p| meta(p)).collect(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_rw(&dir.path().join("t.db")).unwrap();
+        for m in ["m1", "m2"] {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO models (sha256, name, labels, metadata, first_used_at) VALUES (?1, ?1, '[]', '{}', 'now')",
+                    [m],
+                )
+                .unwrap();
+        }
+        (dir, store)
+    }
+
+    fn labels(store: &Store) -> Vec<(String, Option<String>)> {
+        results(store, &Filter::default()).unwrap().into_iter().map(|r| (r.path, r.label)).collect()
+    }
+
+    #[test]
+    fn every_file_shows_the_newest_prediction_of_its_content_and_a_deleted_one_none() {
+        let (_dir, mut store) = store();
+        store.commit(&[classified("h", "m1", "violin", &["/w/a.jpg"])]).unwrap();
+        // A later copy of the content takes the existing result.
+        store.commit(&[Outcome::Known { content_hash: "h".into(), file: meta("/w/b.jpg") }]).unwrap();
+        assert_eq!(
+            labels(&store),
+            [("/w/a.jpg".into(), Some("violin".into())), ("/w/b.jpg".into(), Some("violin".into()))]
+        );
+        // Another model's newer prediction becomes every copy's result.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        store.commit(&[classified("h", "m2", "harp", &["/w/a.jpg"])]).unwrap();
+        assert_eq!(
+            labels(&store),
+            [("/w/a.jpg".into(), Some("harp".into())), ("/w/b.jpg".into(), Some("harp".into()))]
+        );
+        // A file that became unreadable shows no label, and a deleted one is gone.
+        store
+            .commit(&[
+                Outcome::Failed {
+                    file: meta("/w/a.jpg"),
+                    content_hash: None,
+                    kind: crate::store::FailureKind::Unreadable,
+                    message: "gone bad".into(),
+                },
+                Outcome::Deleted { path: "/w/b.jpg".into() },
+            ])
+            .unwrap();
+        assert_eq!(labels(&store), [("/w/a.jpg".into(), None)]);
+        let label_col: Option<String> =
+            store.conn().query_row("SELECT label FROM files WHERE path = '/w/b.jpg'", [], |r| r.get(0)).unwrap();
+        assert_eq!(label_col, None, "a deleted row keeps no label for stats to count");
+        let s = summary(&store, None).unwrap();
+        assert_eq!((s.files, s.ok, s.errors, s.deleted), (1, 0, 1, 1));
+        assert!(s.labels.is_empty());
+    }
+
+    #[test]
+    fn label_and_time_filters_and_stats_read_indexes_not_the_whole_table() {
+        let (_dir, store) = store();
+        let plan = |sql: &str| -> String {
+            let mut stmt = store.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+        };
+        let by_label = plan("SELECT path FROM results WHERE label = 'violin' ORDER BY path LIMIT 50");
+        assert!(by_label.contains("USING INDEX files_by_label"), "{by_label}");
+        assert!(!by_label.contains("TEMP B-TREE"), "no sort: the index is in path order: {by_label}");
+        let since = plan("SELECT path FROM results WHERE classified_at >= '2026-01-01' ORDER BY +path");
+        assert!(since.contains("files_by_result_at"), "{since}");
+        let stats = plan("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label");
+        assert!(stats.contains("COVERING INDEX files_by_label"), "{stats}");
+    }
 }

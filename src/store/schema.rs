@@ -59,6 +59,78 @@ LEFT JOIN predictions AS p ON f.status = 'ok' AND p.id = (
     ORDER BY q.id DESC LIMIT 1)
 WHERE f.status <> 'deleted';
 "#,
+    // 1 -> 2: every file row carries its current result, kept by triggers, so
+    // that `query --label`, `query --since` and `stats` read an index instead
+    // of computing every file's newest prediction (a full scan, 1 s or more
+    // at a million rows). The current result of a content is its most
+    // recently written prediction, whichever model wrote it.
+    r#"
+ALTER TABLE files ADD COLUMN prediction_id INTEGER; -- predictions.id of the current result; NULL unless ok
+ALTER TABLE files ADD COLUMN label TEXT;            -- that prediction's top-1, copied for the index
+ALTER TABLE files ADD COLUMN confidence REAL;       -- and its confidence
+ALTER TABLE files ADD COLUMN result_at TEXT;        -- when the result shown was made: the prediction's time, else classified_at
+
+-- A prediction written (new, or redone by reclassify) is the result of every
+-- live copy of its content.
+CREATE TRIGGER prediction_inserted_is_current AFTER INSERT ON predictions BEGIN
+    UPDATE files SET prediction_id = NEW.id, label = NEW.label, confidence = NEW.confidence, result_at = NEW.classified_at
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+CREATE TRIGGER prediction_updated_is_current AFTER UPDATE ON predictions BEGIN
+    UPDATE files SET prediction_id = NEW.id, label = NEW.label, confidence = NEW.confidence, result_at = NEW.classified_at
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+
+-- A file row written: its result is its content's newest prediction if it is
+-- ok, none otherwise. (These updates touch none of the columns the triggers
+-- watch, so they do not fire them again.)
+CREATE TRIGGER file_inserted_takes_its_result AFTER INSERT ON files BEGIN
+    UPDATE files SET prediction_id = CASE WHEN NEW.status = 'ok' THEN (
+        SELECT q.id FROM predictions AS q WHERE q.content_hash = NEW.content_hash
+        ORDER BY q.classified_at DESC, q.id DESC LIMIT 1) END
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+        confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+        result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at)
+    WHERE rowid = NEW.rowid;
+END;
+CREATE TRIGGER file_updated_takes_its_result AFTER UPDATE OF content_hash, status, classified_at ON files BEGIN
+    UPDATE files SET prediction_id = CASE WHEN NEW.status = 'ok' THEN (
+        SELECT q.id FROM predictions AS q WHERE q.content_hash = NEW.content_hash
+        ORDER BY q.classified_at DESC, q.id DESC LIMIT 1) END
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+        confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+        result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at)
+    WHERE rowid = NEW.rowid;
+END;
+
+-- What the existing rows show today, so the upgrade changes no answer.
+UPDATE files SET prediction_id = CASE WHEN status = 'ok' THEN (
+    SELECT q.id FROM predictions AS q WHERE q.content_hash = files.content_hash
+    ORDER BY q.id DESC LIMIT 1) END;
+UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+    confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+    result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at);
+
+-- `query --label L` in path order; `stats` counts labels from this index alone.
+CREATE INDEX files_by_label ON files (label, path);
+-- `query --since`.
+CREATE INDEX files_by_result_at ON files (result_at);
+-- `stats`' predictions per model and per backend.
+CREATE INDEX predictions_by_model ON predictions (model_sha256, backend);
+
+DROP VIEW results;
+CREATE VIEW results AS
+SELECT f.path, f.status, f.content_hash, f.size, f.mtime_ns,
+       f.error_kind, f.error,
+       f.label, f.confidence, p.top5, p.model_sha256, p.backend, p.inference_ms,
+       f.result_at AS classified_at,
+       f.first_seen_at
+FROM files AS f
+LEFT JOIN predictions AS p ON p.id = f.prediction_id
+WHERE f.status <> 'deleted';
+"#,
 ];
 
 pub(crate) fn latest_version() -> i64 {
