@@ -267,7 +267,8 @@ def exhausted_watches(args, folder, db, folders):
     """The daemon under a watch limit below the folder count: it says so, polls, and still finds a new photo."""
     limit = max(2, folders // 10)
     prefix = ["unshare", "-U", "-r", "sh", "-c", f"echo {limit} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""]
-    if subprocess.run(prefix[:4] + [f"echo {limit} > /proc/sys/user/max_inotify_watches"]).returncode != 0:
+    probe = prefix[:5] + [f"echo {limit} > /proc/sys/user/max_inotify_watches"]
+    if subprocess.run(probe).returncode != 0:
         return {"skipped": "unshare -U not permitted here"}
     log = os.path.join(os.path.dirname(db), "exhausted.log")
     d = Daemon(args, folder, db, log, prefix=prefix)
