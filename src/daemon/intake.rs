@@ -307,13 +307,7 @@ impl Intake {
             return;
         };
         scans.running.store(true, Ordering::SeqCst);
-        let scan = Scan {
-            root: self.root.clone(),
-            dir,
-            db: self.cfg.db.clone(),
-            follow_symlinks: self.cfg.follow_symlinks,
-            check_deleted,
-        };
+        let scan = Scan { dir, db: self.cfg.db.clone(), follow_symlinks: self.cfg.follow_symlinks, check_deleted };
         let (running, intake, writes, stop) =
             (scans.running.clone(), self.shared.intake.sender(), self.write_tx.clone(), self.stop.clone());
         let shared = self.shared.clone();

@@ -4,7 +4,8 @@
 
 use super::intake::IntakeMsg;
 use super::writer::Item;
-use crate::store::{Store, path_from_text, path_text};
+use crate::store::cursor::{KnownFile, RowsUnder};
+use crate::store::{FileMeta, FileState, FileStatus, Store, path_from_text, path_text};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -39,13 +40,11 @@ pub(crate) fn in_ignored_dir(root: &Path, p: &Path) -> bool {
 
 /// One scan's orders.
 pub(crate) struct Scan {
-    /// The watched folder.
-    pub(crate) root: PathBuf,
-    /// The folder to walk (the root, or a folder moved in).
+    /// The folder to walk (the watched folder, or a folder moved in).
     pub(crate) dir: PathBuf,
     pub(crate) db: PathBuf,
     pub(crate) follow_symlinks: bool,
-    /// Also record as deleted the rows under `root` whose file is gone (a
+    /// Also record as deleted the rows under `dir` whose file is gone (a
     /// full reconcile; a folder moved in has nothing to delete).
     pub(crate) check_deleted: bool,
 }
@@ -57,28 +56,32 @@ struct Tally {
     symlinks: u64,
     problems: u64,
     deleted: u64,
+    /// Walked files the rows did not hold next, each looked up on its own:
+    /// the new ones, plus any whose stored name sorts out of step.
+    looked_up: u64,
 }
 
 /// Walks `scan.dir`, offering every file the database does not already hold
-/// as it is now (same size and mtime); then, if asked, records as deleted the
-/// rows under the root whose path is gone. Stops early when `stop` fires or
-/// the intake has gone.
+/// as it is now (same size and mtime) and, if asked, recording as deleted the
+/// rows under it whose file is gone. Stops early when `stop` fires or the
+/// intake has gone.
+///
+/// The walk and the rows are merged in one pass, like two sorted lists: the
+/// walk visits names in the byte order the database keeps paths in, so an
+/// unchanged library costs one stat per file and one sequential read of the
+/// table, never a query per file nor a second pass to find deletions.
 pub(crate) fn reconcile(
     scan: &Scan,
     intake: &mpsc::Sender<IntakeMsg>,
     writes: &crossbeam_channel::Sender<Vec<Item>>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::open_ro(&scan.db)?;
     let started = Instant::now();
-    let mut tally = Tally::default();
-    let finished = offer_changed(scan, &store, intake, stop, &mut tally)?
-        && (!scan.check_deleted || record_gone(scan, &store, writes, stop, &mut tally)?);
-    if finished {
+    if let Some(tally) = merge_walk(scan, intake, writes, stop)? {
         tracing::info!(
             folder = %scan.dir.display(),
             files = tally.files, new_or_changed = tally.offered, deleted = tally.deleted,
-            symlinks_skipped = tally.symlinks, problems = tally.problems,
+            looked_up = tally.looked_up, symlinks_skipped = tally.symlinks, problems = tally.problems,
             ms = started.elapsed().as_millis() as u64,
             "scan finished"
         );
@@ -86,77 +89,150 @@ pub(crate) fn reconcile(
     Ok(())
 }
 
-/// The walk; `false` if it was stopped.
-fn offer_changed(
+/// The scan itself; its tally, or `None` if it was stopped.
+fn merge_walk(
     scan: &Scan,
-    store: &Store,
     intake: &mpsc::Sender<IntakeMsg>,
+    writes: &crossbeam_channel::Sender<Vec<Item>>,
     stop: &CancellationToken,
-    tally: &mut Tally,
-) -> anyhow::Result<bool> {
-    let walker = walkdir::WalkDir::new(&scan.dir)
-        .follow_links(scan.follow_symlinks)
-        .into_iter()
-        .filter_entry(|e| e.depth() == 0 || !is_ignored_name(e.file_name()));
-    for entry in walker {
-        if stop.is_cancelled() {
-            return Ok(false);
-        }
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) => {
-                tally.problems += 1;
-                tracing::warn!("while scanning: {e}");
+) -> anyhow::Result<Option<Tally>> {
+    let store = Store::open_ro(&scan.db)?;
+    let mut merge = Merge {
+        scan,
+        store: &store,
+        rows: RowsUnder::new(&store, &path_text(&scan.dir)),
+        gone: Vec::new(),
+        stopped: false,
+        writes,
+        stop,
+        tally: Tally::default(),
+    };
+    Ok(merge.run(intake)?.then_some(merge.tally))
+}
+
+/// Deletions are sent to the writer in batches of this many.
+const GONE_BATCH: usize = 256;
+
+/// One scan's walk and the database's rows under the same folder, in step.
+struct Merge<'a> {
+    scan: &'a Scan,
+    store: &'a Store,
+    rows: RowsUnder<'a>,
+    /// Deletions found and not yet sent.
+    gone: Vec<Item>,
+    /// The writer would take no more deletions: the daemon is stopping.
+    stopped: bool,
+    writes: &'a crossbeam_channel::Sender<Vec<Item>>,
+    stop: &'a CancellationToken,
+    tally: Tally,
+}
+
+impl Merge<'_> {
+    /// The whole scan; `false` if it was stopped.
+    fn run(&mut self, intake: &mpsc::Sender<IntakeMsg>) -> anyhow::Result<bool> {
+        let walker = walkdir::WalkDir::new(&self.scan.dir)
+            .follow_links(self.scan.follow_symlinks)
+            .sort_by(in_path_order)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !is_ignored_name(e.file_name()));
+        for entry in walker {
+            if self.stop.is_cancelled() || self.stopped {
+                return Ok(false);
+            }
+            let Some((path, file)) = self.regular_file(entry) else { continue };
+            if self.known_state(&file.path)?.is_some_and(|s| s.is_current(&file)) {
                 continue;
             }
-        };
+            self.tally.offered += 1;
+            if intake.blocking_send(IntakeMsg::Candidate(path)).is_err() {
+                return Ok(false);
+            }
+        }
+        // Rows after the last file walked were not seen either.
+        while let Some(row) = self.rows.take()? {
+            if self.stop.is_cancelled() || self.stopped {
+                return Ok(false);
+            }
+            self.not_walked(row);
+        }
+        Ok(self.flush_gone())
+    }
+
+    /// A walked entry that is a regular file, with its identity; anything
+    /// else is counted and skipped.
+    fn regular_file(&mut self, entry: walkdir::Result<walkdir::DirEntry>) -> Option<(PathBuf, FileMeta)> {
+        let entry = entry
+            .map_err(|e| {
+                self.tally.problems += 1;
+                tracing::warn!("while scanning: {e}");
+            })
+            .ok()?;
         let ft = entry.file_type();
         if ft.is_symlink() {
-            tally.symlinks += 1;
+            self.tally.symlinks += 1;
             tracing::debug!("{}: symlink not followed (use --follow-symlinks)", path_text(entry.path()));
-            continue;
+            return None;
         }
         if !ft.is_file() {
-            continue;
+            return None;
         }
-        tally.files += 1;
-        let Ok(meta) = entry.metadata() else { continue };
-        let file = crate::store::FileMeta {
+        self.tally.files += 1;
+        let meta = entry.metadata().ok()?;
+        let file = FileMeta {
             path: path_text(entry.path()),
             size: meta.len() as i64,
             mtime_ns: super::worker::mtime_ns(&meta),
         };
-        if store.file_state(&file.path)?.is_some_and(|s| s.is_current(&file)) {
-            continue;
-        }
-        tally.offered += 1;
-        if intake.blocking_send(IntakeMsg::Candidate(entry.into_path())).is_err() {
-            return Ok(false);
-        }
+        Some((entry.into_path(), file))
     }
-    Ok(true)
-}
 
-/// Rows under the root whose file is gone become deletions; `false` if stopped.
-fn record_gone(
-    scan: &Scan,
-    store: &Store,
-    writes: &crossbeam_channel::Sender<Vec<Item>>,
-    stop: &CancellationToken,
-    tally: &mut Tally,
-) -> anyhow::Result<bool> {
-    for text in store.live_paths_under(&path_text(&scan.root))? {
-        if stop.is_cancelled() {
-            return Ok(false);
+    /// What the database holds for a walked path. Rows sorting before it were
+    /// passed by the walk without their file being seen. A path the rows do
+    /// not hold next is looked up on its own: it is new, or (a name whose
+    /// stored form sorts differently from its bytes) out of step.
+    fn known_state(&mut self, path: &str) -> anyhow::Result<Option<FileState>> {
+        while self.rows.peek()?.is_some_and(|row| row.path.as_str() < path) {
+            let row = self.rows.take()?.expect("peeked");
+            self.not_walked(row);
         }
-        if std::fs::symlink_metadata(path_from_text(&text)).is_err() {
-            tally.deleted += 1;
-            if !send_unless_stopped(writes, vec![Item::deleted(text)], stop) {
-                return Ok(false);
+        if self.rows.peek()?.is_some_and(|row| row.path == path) {
+            return Ok(self.rows.take()?.map(|row| row.state));
+        }
+        self.tally.looked_up += 1;
+        Ok(self.store.file_state(path)?)
+    }
+
+    /// A live row the walk did not meet is a deletion if its file is really
+    /// gone (the stat also keeps a file the walk skipped, in an ignored
+    /// folder or out of step, from being taken for one).
+    fn not_walked(&mut self, row: KnownFile) {
+        if !self.scan.check_deleted || row.state.status == FileStatus::Deleted {
+            return;
+        }
+        if std::fs::symlink_metadata(path_from_text(&row.path)).is_err() {
+            self.tally.deleted += 1;
+            self.gone.push(Item::deleted(row.path));
+            if self.gone.len() >= GONE_BATCH {
+                self.stopped |= !self.flush_gone();
             }
         }
     }
-    Ok(true)
+
+    /// Sends the deletions found so far; `false` if the daemon is stopping.
+    fn flush_gone(&mut self) -> bool {
+        self.gone.is_empty() || send_unless_stopped(self.writes, std::mem::take(&mut self.gone), self.stop)
+    }
+}
+
+/// Sibling entries in the order their full paths sort as bytes: a folder
+/// sorts as its name followed by `/`, since every path below it starts so
+/// (`a.jpg` < `a/x.jpg` < `a0.jpg`).
+fn in_path_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
+    fn key(e: &walkdir::DirEntry) -> impl Iterator<Item = &u8> {
+        let slash: &[u8] = if e.file_type().is_dir() { b"/" } else { b"" };
+        e.file_name().as_bytes().iter().chain(slash)
+    }
+    key(a).cmp(key(b))
 }
 
 /// Sends `items` to the writer, waiting for room, but gives up (`false`) once
@@ -201,6 +277,78 @@ mod tests {
         // With room, it sends.
         rx.recv().unwrap();
         assert!(send_unless_stopped(&tx, vec![Item::deleted("/w/a".into())], &CancellationToken::new()));
+    }
+
+    /// What one reconcile of `dir` against `db` offered and recorded as gone.
+    fn reconcile_once(dir: &Path, db: &Path, check_deleted: bool) -> (Vec<PathBuf>, Vec<String>, Tally) {
+        let (intake_tx, mut intake_rx) = mpsc::channel(1024);
+        let (write_tx, write_rx) = crossbeam_channel::unbounded();
+        let scan = Scan { dir: dir.to_path_buf(), db: db.to_path_buf(), follow_symlinks: false, check_deleted };
+        let tally = merge_walk(&scan, &intake_tx, &write_tx, &CancellationToken::new()).unwrap().expect("not stopped");
+        let mut offered = Vec::new();
+        while let Ok(IntakeMsg::Candidate(p)) = intake_rx.try_recv() {
+            offered.push(p);
+        }
+        let gone = write_rx
+            .try_iter()
+            .flatten()
+            .map(|item| match item.outcome {
+                crate::store::Outcome::Deleted { path } => path,
+                other => panic!("a scan writes only deletions, not {other:?}"),
+            })
+            .collect();
+        (offered, gone, tally)
+    }
+
+    #[test]
+    fn the_merge_walk_offers_only_new_and_changed_files_and_finds_every_deletion() {
+        use crate::store::Outcome;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("w");
+        // Names whose byte order differs from a naive per-folder order
+        // (`a.jpg` < `a/` < `a0.jpg`), a space, and an ignored folder.
+        let names = ["a.jpg", "a/x.jpg", "a/y/z.jpg", "a0.jpg", "ab/c.jpg", "b b.jpg", ".cache/k.jpg", "z.jpg"];
+        for n in names {
+            let p = root.join(n);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, n).unwrap();
+        }
+        let db = tmp.path().join("t.db");
+        let mut store = Store::open_rw(&db).unwrap();
+        let known = |p: PathBuf, size: i64| {
+            let meta = std::fs::metadata(&p).unwrap();
+            let file = FileMeta { path: path_text(&p), size, mtime_ns: super::super::worker::mtime_ns(&meta) };
+            Outcome::Known { content_hash: "h".into(), file }
+        };
+        // Everything but `a0.jpg` (new) is known; `ab/c.jpg` with another
+        // size (changed); the ignored folder's file too (left alone).
+        let mut rows: Vec<Outcome> = names
+            .iter()
+            .filter(|n| **n != "a0.jpg")
+            .map(|n| known(root.join(n), if *n == "ab/c.jpg" { 1 } else { n.len() as i64 }))
+            .collect();
+        // Rows whose files are gone: before, between and after the walked
+        // names, one already recorded as deleted, and one outside the folder.
+        let gone = ["a/gone.jpg", "a1/gone.jpg", "zz.jpg", "already.jpg"].map(|n| root.join(n));
+        for p in &gone {
+            let file = FileMeta { path: path_text(p), size: 1, mtime_ns: 1 };
+            rows.push(Outcome::Known { content_hash: "h".into(), file });
+        }
+        rows.push(Outcome::Known {
+            content_hash: "h".into(),
+            file: FileMeta { path: format!("{}0/else.jpg", path_text(&root)), size: 1, mtime_ns: 1 },
+        });
+        store.commit(&rows).unwrap();
+        store.commit(&[Outcome::Deleted { path: path_text(&gone[3]) }]).unwrap();
+
+        let (offered, deleted, tally) = reconcile_once(&root, &db, true);
+        assert_eq!(offered, [root.join("a0.jpg"), root.join("ab/c.jpg")]);
+        assert_eq!(deleted, gone[..3].iter().map(|p| path_text(p)).collect::<Vec<_>>());
+        assert_eq!(tally.looked_up, 1, "only the new file cost a query of its own: the walk kept step with the rows");
+        // A folder moved in is only walked: nothing under it is deleted.
+        let (offered, deleted, tally) = reconcile_once(&root.join("a"), &db, false);
+        assert!(offered.is_empty() && deleted.is_empty(), "{offered:?} {deleted:?}");
+        assert_eq!((tally.files, tally.looked_up), (2, 0));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //!   "done" is never recorded without a result;
 //! - every statement binds its parameters; no SQL is built from user input.
 
+pub(crate) mod cursor;
 pub mod query;
 pub mod schema;
 mod status;
@@ -288,16 +289,6 @@ impl Store {
         Ok(stmt.query_row([content_hash], |r| r.get(0)).optional()?)
     }
 
-    /// Paths under `root` the store believes exist (for deletion checks).
-    pub(crate) fn live_paths_under(&self, root: &str) -> Result<Vec<String>, StoreError> {
-        let prefix = if root.ends_with('/') { root.to_string() } else { format!("{root}/") };
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT path FROM files WHERE status <> 'deleted' AND substr(path, 1, length(?1)) = ?1")?;
-        let rows = stmt.query_map([prefix], |r| r.get::<_, String>(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Writes a batch of outcomes in one transaction.
     pub fn commit(&mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
         let now = now();
@@ -406,11 +397,21 @@ mod tests {
         let paths = ["/w/a/1.jpg", "/w/a/b/2.jpg", "/w/a0.jpg", "/w/a.jpg", "/w/ab/3.jpg", "/w/b.jpg"];
         store.commit(&paths.map(known)).unwrap();
         store.commit(&[Outcome::Deleted { path: "/w/a".into() }]).unwrap();
-        let mut live = store.live_paths_under("/w").unwrap();
-        live.sort();
-        assert_eq!(live, ["/w/a.jpg", "/w/a0.jpg", "/w/ab/3.jpg", "/w/b.jpg"]);
+        assert_eq!(live_under(&store, "/w"), ["/w/a.jpg", "/w/a0.jpg", "/w/ab/3.jpg", "/w/b.jpg"]);
         store.commit(&[Outcome::Deleted { path: "/w/b.jpg".into() }]).unwrap();
-        assert_eq!(store.live_paths_under("/w").unwrap().len(), 3);
+        assert_eq!(live_under(&store, "/w").len(), 3);
+    }
+
+    /// The paths under `folder` not recorded as deleted, in path order.
+    fn live_under(store: &Store, folder: &str) -> Vec<String> {
+        let mut rows = cursor::RowsUnder::new(store, folder);
+        let mut live = Vec::new();
+        while let Some(row) = rows.take().unwrap() {
+            if row.state.status != FileStatus::Deleted {
+                live.push(row.path);
+            }
+        }
+        live
     }
 
     fn meta(path: &str) -> FileMeta {
@@ -461,7 +462,7 @@ mod tests {
             vec![("/w/a.jpg".into(), "ok".into(), Some("violin".into())), ("/w/bad.jpg".into(), "error".into(), None)]
         );
         assert!(store.has_prediction("h1", "m").unwrap());
-        assert_eq!(store.live_paths_under("/w").unwrap().len(), 2);
+        assert_eq!(live_under(&store, "/w").len(), 2);
         let v: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, schema::latest_version());
     }
