@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 
 const OK: &str = "SELECT count(*) FROM files WHERE status = 'ok'";
 
-/// "scan finished" lines for a walk of the whole watched folder.
+/// "scan finished" lines for a walk of `root` (the watched folder, or one below it).
 fn full_walks(log: &str, root: &std::path::Path) -> usize {
     let marker = format!("folder={} ", root.display());
     log.lines().filter(|l| l.contains("scan finished") && l.contains(&marker)).count()
@@ -50,6 +50,33 @@ fn deletions_and_folder_moves_are_recorded_without_walking_the_library() {
     let log = d.log();
     assert_eq!(full_walks(&log, &s.dir), 1, "a deletion or a move walked the whole library:\n{log}");
     assert_eq!(s.count("SELECT count(*) FROM predictions"), predictions, "a moved photo was classified again");
+    assert!(d.stop().success(), "{}", d.log());
+}
+
+#[test]
+fn folders_made_or_renamed_after_start_are_watched_without_a_rescan() {
+    let s = Setup::new();
+    let mut d = s.spawn(None, &s.dir, &s.db, &["--settle-ms", "300", "--reconcile-secs", "3600"]);
+    wait_for(30, "the start-up scan", || full_walks(&d.log(), &s.dir) == 1);
+
+    // A tree made at once: the folder's own scan watches every level of it.
+    let made = s.dir.join("new");
+    std::fs::create_dir_all(made.join("a/b")).unwrap();
+    wait_for(10, "the new folder's scan", || full_walks(&d.log(), &made) >= 1);
+    s.write_image("new/a/b/later.png", "red", ImageFormat::Png, 1);
+    wait_for(10, "a photo written into the new tree afterwards", || s.count(OK) == 1);
+
+    // The tree renamed: its watches follow it to the new name.
+    let renamed = s.dir.join("renamed");
+    std::fs::rename(&made, &renamed).unwrap();
+    wait_for(10, "the renamed folder's scan", || full_walks(&d.log(), &renamed) >= 1);
+    s.write_image("renamed/a/b/after.png", "blue", ImageFormat::Png, 2);
+    let under_new_name =
+        format!("SELECT count(*) FROM files WHERE status = 'ok' AND path LIKE '{}/a/b/%'", renamed.display());
+    wait_for(10, "both photos under the new name", || s.count(&under_new_name) == 2);
+
+    let log = d.log();
+    assert_eq!(full_walks(&log, &s.dir), 1, "only events and folder scans found them:\n{log}");
     assert!(d.stop().success(), "{}", d.log());
 }
 

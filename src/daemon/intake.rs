@@ -12,6 +12,7 @@ use super::ledger::Ledger;
 use super::scan::{self, Scan};
 use super::settle::{self, Gate, Settler};
 use super::supervise;
+use super::watcher::Watches;
 use super::worker::Work;
 use super::writer::Item;
 use crate::store::path_text;
@@ -75,6 +76,10 @@ impl IntakeInbox {
     pub(crate) fn watches_ran_out(&self) -> bool {
         !self.watches_exhausted.swap(true, Ordering::SeqCst)
     }
+
+    pub(crate) fn watches_exhausted(&self) -> bool {
+        self.watches_exhausted.load(Ordering::SeqCst)
+    }
 }
 
 /// How often the folder is scanned when file events cannot be relied on.
@@ -100,6 +105,8 @@ pub(crate) struct Intake {
     pub(crate) work_tx: crossbeam_channel::Sender<Work>,
     pub(crate) write_tx: crossbeam_channel::Sender<Vec<Item>>,
     pub(crate) poll: Option<Duration>,
+    /// The folders watched, which scans add to; `None` when polling.
+    pub(crate) watches: Option<Arc<Watches>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -307,7 +314,13 @@ impl Intake {
             return;
         };
         scans.running.store(true, Ordering::SeqCst);
-        let scan = Scan { dir, db: self.cfg.db.clone(), follow_symlinks: self.cfg.follow_symlinks, check_deleted };
+        let scan = Scan {
+            dir,
+            db: self.cfg.db.clone(),
+            follow_symlinks: self.cfg.follow_symlinks,
+            watches: self.watches.clone(),
+            check_deleted,
+        };
         let (running, intake, writes, stop) =
             (scans.running.clone(), self.shared.intake.sender(), self.write_tx.clone(), self.stop.clone());
         let shared = self.shared.clone();

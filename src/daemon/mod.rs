@@ -31,6 +31,7 @@ mod settle;
 mod supervise;
 mod swap;
 mod tensors;
+mod walk;
 mod watcher;
 mod worker;
 mod writer;
@@ -140,8 +141,8 @@ struct Pipeline {
     /// The instance locks, released last.
     locks: (InstanceLock, Option<InstanceLock>),
     db: PathBuf,
-    /// File events; dropped first so no more arrive.
-    watcher: Option<notify::RecommendedWatcher>,
+    /// File events; stopped first so no more arrive.
+    watches: Option<Arc<watcher::Watches>>,
     /// The model watcher, the status file and `/metrics`: aborted, not joined.
     reporters: Vec<tokio::task::JoinHandle<()>>,
     /// The reporters' view of the queues (receivers: they keep nothing open).
@@ -231,14 +232,22 @@ impl Pipeline {
             }));
         }
 
-        let (watcher, poll) = start_events(cfg, &dir, &shared);
-        let intake =
-            Intake { root: dir, cfg: cfg.clone(), shared: shared.clone(), work_tx, write_tx, poll, stop: cancel };
+        let (watches, poll) = start_events(cfg, &dir, &shared);
+        let intake = Intake {
+            root: dir,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            work_tx,
+            write_tx,
+            poll,
+            watches: watches.clone(),
+            stop: cancel,
+        };
         let pipeline = Pipeline {
             shared,
             locks,
             db: cfg.db.clone(),
-            watcher,
+            watches,
             reporters,
             monitor,
             workers: worker_handles,
@@ -256,8 +265,10 @@ impl Pipeline {
     /// stage failure, if any.
     async fn shutdown(self) -> anyhow::Result<()> {
         tracing::info!("stopping: finishing the batches in flight");
-        let Pipeline { shared, locks, db, watcher, reporters, monitor, workers, batchers, writer } = self;
-        drop(watcher);
+        let Pipeline { shared, locks, db, watches, reporters, monitor, workers, batchers, writer } = self;
+        if let Some(w) = watches {
+            w.stop();
+        }
         while let Ok(w) = monitor.queues.workers.try_recv() {
             shared.ledger.release_path(&w.path);
         }
@@ -361,12 +372,12 @@ fn start_events(
     cfg: &WatchConfig,
     dir: &Path,
     shared: &Shared,
-) -> (Option<notify::RecommendedWatcher>, Option<std::time::Duration>) {
+) -> (Option<Arc<watcher::Watches>>, Option<std::time::Duration>) {
     if cfg.poll.is_some() {
         return (None, cfg.poll);
     }
-    match watcher::start(dir, shared.intake.clone()) {
-        Ok(w) => (Some(w), None),
+    match watcher::Watches::start(dir, shared.intake.clone()) {
+        Ok(w) => (Some(Arc::new(w)), None),
         Err(e) => {
             tracing::error!("{e}; falling back to polling every {}s", intake::POLL_FALLBACK.as_secs());
             (None, Some(intake::POLL_FALLBACK))

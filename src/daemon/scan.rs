@@ -3,12 +3,15 @@
 //! events, for a folder moved in, and as the whole of `--poll` mode).
 
 use super::intake::IntakeMsg;
+use super::walk::{Found, Walk};
+use super::watcher::Watches;
 use super::writer::Item;
 use crate::store::cursor::{KnownFile, RowsUnder};
 use crate::store::{FileMeta, FileState, FileStatus, Store, path_from_text, path_text};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +47,8 @@ pub(crate) struct Scan {
     pub(crate) dir: PathBuf,
     pub(crate) db: PathBuf,
     pub(crate) follow_symlinks: bool,
+    /// Where to add a watch for each folder walked, before it is read.
+    pub(crate) watches: Option<Arc<Watches>>,
     /// Also record as deleted the rows under `dir` whose file is gone (a
     /// full reconcile; a folder moved in has nothing to delete).
     pub(crate) check_deleted: bool,
@@ -67,7 +72,7 @@ struct Tally {
 /// intake has gone.
 ///
 /// The walk and the rows are merged in one pass, like two sorted lists: the
-/// walk visits names in the byte order the database keeps paths in, so an
+/// walk ([`Walk`]) visits names in the byte order the database keeps paths in, so an
 /// unchanged library costs one stat per file and one sequential read of the
 /// table, never a query per file nor a second pass to find deletions.
 pub(crate) fn reconcile(
@@ -130,16 +135,16 @@ struct Merge<'a> {
 impl Merge<'_> {
     /// The whole scan; `false` if it was stopped.
     fn run(&mut self, intake: &mpsc::Sender<IntakeMsg>) -> anyhow::Result<bool> {
-        let walker = walkdir::WalkDir::new(&self.scan.dir)
-            .follow_links(self.scan.follow_symlinks)
-            .sort_by(in_path_order)
-            .into_iter()
-            .filter_entry(|e| e.depth() == 0 || !is_ignored_name(e.file_name()));
-        for entry in walker {
+        let watch = |dir: &Path| {
+            if let Some(w) = &self.scan.watches {
+                w.add(dir);
+            }
+        };
+        for found in Walk::new(&self.scan.dir, self.scan.follow_symlinks, watch) {
             if self.stop.is_cancelled() || self.stopped {
                 return Ok(false);
             }
-            let Some((path, file)) = self.regular_file(entry) else { continue };
+            let Some((path, file)) = self.regular_file(found) else { continue };
             if self.known_state(&file.path)?.is_some_and(|s| s.is_current(&file)) {
                 continue;
             }
@@ -160,30 +165,28 @@ impl Merge<'_> {
 
     /// A walked entry that is a regular file, with its identity; anything
     /// else is counted and skipped.
-    fn regular_file(&mut self, entry: walkdir::Result<walkdir::DirEntry>) -> Option<(PathBuf, FileMeta)> {
-        let entry = entry
-            .map_err(|e| {
+    fn regular_file(&mut self, found: Found) -> Option<(PathBuf, FileMeta)> {
+        match found {
+            Found::File { path, meta } => {
+                self.tally.files += 1;
+                let file = FileMeta {
+                    path: path_text(&path),
+                    size: meta.len() as i64,
+                    mtime_ns: super::worker::mtime_ns(&meta),
+                };
+                Some((path, file))
+            }
+            Found::Symlink(path) => {
+                self.tally.symlinks += 1;
+                tracing::debug!("{}: symlink not followed (use --follow-symlinks)", path_text(&path));
+                None
+            }
+            Found::Problem { path, error } => {
                 self.tally.problems += 1;
-                tracing::warn!("while scanning: {e}");
-            })
-            .ok()?;
-        let ft = entry.file_type();
-        if ft.is_symlink() {
-            self.tally.symlinks += 1;
-            tracing::debug!("{}: symlink not followed (use --follow-symlinks)", path_text(entry.path()));
-            return None;
+                tracing::warn!("while scanning {}: {error}", path_text(&path));
+                None
+            }
         }
-        if !ft.is_file() {
-            return None;
-        }
-        self.tally.files += 1;
-        let meta = entry.metadata().ok()?;
-        let file = FileMeta {
-            path: path_text(entry.path()),
-            size: meta.len() as i64,
-            mtime_ns: super::worker::mtime_ns(&meta),
-        };
-        Some((entry.into_path(), file))
     }
 
     /// What the database holds for a walked path. Rows sorting before it were
@@ -222,17 +225,6 @@ impl Merge<'_> {
     fn flush_gone(&mut self) -> bool {
         self.gone.is_empty() || send_unless_stopped(self.writes, std::mem::take(&mut self.gone), self.stop)
     }
-}
-
-/// Sibling entries in the order their full paths sort as bytes: a folder
-/// sorts as its name followed by `/`, since every path below it starts so
-/// (`a.jpg` < `a/x.jpg` < `a0.jpg`).
-fn in_path_order(a: &walkdir::DirEntry, b: &walkdir::DirEntry) -> std::cmp::Ordering {
-    fn key(e: &walkdir::DirEntry) -> impl Iterator<Item = &u8> {
-        let slash: &[u8] = if e.file_type().is_dir() { b"/" } else { b"" };
-        e.file_name().as_bytes().iter().chain(slash)
-    }
-    key(a).cmp(key(b))
 }
 
 /// Sends `items` to the writer, waiting for room, but gives up (`false`) once
@@ -283,7 +275,8 @@ mod tests {
     fn reconcile_once(dir: &Path, db: &Path, check_deleted: bool) -> (Vec<PathBuf>, Vec<String>, Tally) {
         let (intake_tx, mut intake_rx) = mpsc::channel(1024);
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
-        let scan = Scan { dir: dir.to_path_buf(), db: db.to_path_buf(), follow_symlinks: false, check_deleted };
+        let scan =
+            Scan { dir: dir.to_path_buf(), db: db.to_path_buf(), follow_symlinks: false, watches: None, check_deleted };
         let tally = merge_walk(&scan, &intake_tx, &write_tx, &CancellationToken::new()).unwrap().expect("not stopped");
         let mut offered = Vec::new();
         while let Ok(IntakeMsg::Candidate(p)) = intake_rx.try_recv() {
