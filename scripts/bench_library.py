@@ -279,7 +279,9 @@ def exhausted_watches(args, folder, db, folders):
     try:
         d.wait_log("max_user_watches", 120)
         d.wait_log("scan finished", 600)
-        extra = os.path.join(photo_dir(folder, 0), "late-arrival.jpg")
+        # The last folder in walk order: the scan adds watches as it walks, so
+        # the first `limit` folders are watched and this one is only polled.
+        extra = os.path.join(photo_dir(folder, args.large - 1), "late-arrival.jpg")
         with open(extra, "wb") as f:
             f.write(photo_bytes(10_000_000))
         t = time.time()
