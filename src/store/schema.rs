@@ -131,6 +131,14 @@ FROM files AS f
 LEFT JOIN predictions AS p ON p.id = f.prediction_id
 WHERE f.status <> 'deleted';
 "#,
+    // 3: the indexes on predictions by label and by time served the view of
+    // version 1; since version 2 the files rows carry the result and their own
+    // indexes answer those filters. Kept, they only cost: each prediction
+    // inserted at a random place in both (measured on a 100k library).
+    r#"
+DROP INDEX predictions_by_label;
+DROP INDEX predictions_by_time;
+"#,
 ];
 
 pub(crate) fn latest_version() -> i64 {
