@@ -99,6 +99,8 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             Status::Error => FileStatus::Error,
         }),
         limit: a.limit,
+        // Only JSON and CSV show the prediction's model, backend and top 5.
+        without_prediction_details: matches!(a.format, Format::Table),
     };
     let rows = query::results(&store, &filter)?;
     let stdout = std::io::stdout();
