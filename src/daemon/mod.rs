@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! watcher (notify) ─┐
-//! scan (reconcile) ─┼─▶ intake ─Work─▶ worker ×N ─Job─▶ batcher ×M ─Item─▶ writer ─▶ SQLite
+//! scan (walk+rows) ─┼─▶ intake ─Work─▶ worker ×N ─Job─▶ batcher ×M ─Item─▶ writer ─▶ SQLite
 //! worker/writer ────┘    (settle)       (decode)         (engine)           (ledger)   └▶ organize
 //! ```
 //!
