@@ -140,6 +140,10 @@ pub enum ImageError {
     Unsupported { format: String },
     #[error("image is {width}x{height} pixels, over the limit of {limit}")]
     TooLarge { width: u32, height: u32, limit: String },
+    /// Over a limit that a decoder library enforced itself, before telling
+    /// us the size (so there is no size to print).
+    #[error("image is too large to decode ({limit})")]
+    OverDecoderLimit { limit: String },
     #[error("file is {bytes} bytes, over the limit of {limit} bytes")]
     FileTooLarge { bytes: u64, limit: u64 },
     #[error("truncated {format}: {detail}")]
@@ -155,7 +159,9 @@ impl ImageError {
             ImageError::Empty => DecodeFailure::Empty,
             ImageError::NotAnImage(_) => DecodeFailure::NotImage,
             ImageError::Unsupported { .. } => DecodeFailure::Unsupported,
-            ImageError::TooLarge { .. } | ImageError::FileTooLarge { .. } => DecodeFailure::TooLarge,
+            ImageError::TooLarge { .. } | ImageError::OverDecoderLimit { .. } | ImageError::FileTooLarge { .. } => {
+                DecodeFailure::TooLarge
+            }
             ImageError::Truncated { .. } => DecodeFailure::Truncated,
             ImageError::Corrupt { .. } => DecodeFailure::Corrupt,
         }
@@ -360,7 +366,7 @@ pub(crate) fn check_dims(width: u32, height: u32, limits: &DecodeLimits) -> Resu
 fn decode_generic(bytes: &[u8], format: ImageFormat, limits: &DecodeLimits) -> Result<RgbImage, ImageError> {
     let fname = format_name(format);
     let corrupt = |e: image::ImageError| match e {
-        image::ImageError::Limits(l) => ImageError::TooLarge { width: 0, height: 0, limit: l.to_string() },
+        image::ImageError::Limits(l) => ImageError::OverDecoderLimit { limit: l.to_string() },
         image::ImageError::Unsupported(u) => ImageError::Unsupported { format: format!("{fname} ({u})") },
         other => cut(bytes, format).unwrap_or_else(|| match other {
             image::ImageError::IoError(io) if is_eof(&io) => {
@@ -682,6 +688,13 @@ mod tests {
     fn truncated_pngs_are_refused_as_truncated() {
         let png = encode(&textured(120, 90), ImageFormat::Png);
         assert_truncated_everywhere(&png, 224, "PNG");
+    }
+
+    #[test]
+    fn a_decoder_limit_says_which_limit_and_no_made_up_size() {
+        let err = ImageError::OverDecoderLimit { limit: "libheif's limits: too many tiles".into() };
+        assert_eq!(err.kind(), DecodeFailure::TooLarge);
+        assert_eq!(err.to_string(), "image is too large to decode (libheif's limits: too many tiles)");
     }
 
     #[test]

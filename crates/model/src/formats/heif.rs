@@ -150,7 +150,7 @@ pub(crate) fn decode(bytes: &[u8], format: &str, limits: &DecodeLimits) -> Resul
     unsafe {
         let ctx = Owned { ptr: (lib.context_alloc)(), release: |l, p| (l.context_free)(p), lib };
         if ctx.ptr.is_null() {
-            return Err(ImageError::TooLarge { width: 0, height: 0, limit: "memory for a libheif context".into() });
+            return Err(ImageError::OverDecoderLimit { limit: "no memory for a libheif context".into() });
         }
         // libheif's own guard against a header claiming a huge image.
         (lib.set_max_size)(ctx.ptr, limits.max_side.min(i32::MAX as u32) as c_int);
@@ -224,7 +224,7 @@ fn check(format: &str, e: HeifError) -> Result<(), ImageError> {
     let detail = format!("{message} (libheif error {}.{})", e.code, e.subcode);
     Err(match (e.code, e.subcode) {
         (_, SUBERROR_SECURITY_LIMIT_EXCEEDED) | (ERROR_MEMORY_ALLOCATION, _) => {
-            ImageError::TooLarge { width: 0, height: 0, limit: format!("libheif's limits: {message}") }
+            ImageError::OverDecoderLimit { limit: format!("libheif's limits: {message}") }
         }
         (ERROR_INVALID_INPUT, SUBERROR_END_OF_DATA) => ImageError::Truncated { format: format.into(), detail },
         (ERROR_UNSUPPORTED_FILETYPE | ERROR_UNSUPPORTED_FEATURE, _) => {
