@@ -61,9 +61,8 @@ pub struct Dataset {
     pub test: Vec<Sample>,
 }
 
-const IMAGE_EXTS: [&str; 9] = [
-    "jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "jfif",
-];
+/// Every format the shared decoder reads, phone and camera formats included.
+const IMAGE_EXTS: [&str; 21] = instrument_model::formats::PHOTO_EXTENSIONS;
 
 impl Dataset {
     /// Reads an image-folder tree (`train/`, `valid/`, `test/`, each `<class>/<image>`)

@@ -18,6 +18,15 @@ use crate::preprocess::{DecodeLimits, ImageError};
 use image::RgbImage;
 pub use raw::RawKind;
 
+/// Extensions (lower case) of every format the decoders read, this module's
+/// and the `image` crate's, for tools that choose photos by name (training's
+/// dataset folders). The daemon sniffs each file's content and needs no list.
+pub const PHOTO_EXTENSIONS: [&str; 21] = [
+    "jpg", "jpeg", "jfif", "png", "webp", "bmp", "gif", "tif", "tiff", // the image crate
+    "heic", "heif", "hif", "avif", "jxl", // libheif, jxl-oxide
+    "dng", "nef", "arw", "cr2", "cr3", "orf", "raf", // RAW, through the embedded preview
+];
+
 /// A format read by this module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {

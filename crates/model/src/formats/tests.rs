@@ -106,3 +106,10 @@ fn jpeg_xl_signatures_and_box_brands_are_sniffed() {
     // An MP4 video is a box file too, and none of ours.
     assert_eq!(sniff(&ftyp(b"isom\0\0\0\0isomavc1")), None);
 }
+
+#[test]
+fn every_raw_layout_read_here_is_in_the_extension_list() {
+    for layout in RawLayout::ALL {
+        assert!(PHOTO_EXTENSIONS.contains(&layout.extension()), "{layout:?}");
+    }
+}
