@@ -345,6 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn names_whose_stored_form_sorts_out_of_step_are_neither_offered_nor_deleted() {
+        use crate::store::Outcome;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("w");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        // A byte that is not UTF-8 is stored as `\xNN`, a backslash doubled:
+        // both sort differently as stored text than as the bytes walked.
+        let odd = [OsStr::from_bytes(b"caf\xe9.jpg"), OsStr::new("a\\b.jpg"), OsStr::from_bytes(b"d/\xff\xfe.jpg")];
+        let plain = [OsStr::new("a.jpg"), OsStr::new("b.jpg"), OsStr::new("d/z.jpg")];
+        let paths: Vec<PathBuf> = odd.iter().chain(&plain).map(|n| root.join(n)).collect();
+        let mut rows = Vec::new();
+        for p in &paths {
+            std::fs::write(p, p.as_os_str().as_bytes()).unwrap();
+            let meta = std::fs::metadata(p).unwrap();
+            let file = FileMeta {
+                path: path_text(p),
+                size: meta.len() as i64,
+                mtime_ns: super::super::worker::mtime_ns(&meta),
+            };
+            rows.push(Outcome::Known { content_hash: "h".into(), file });
+        }
+        let db = tmp.path().join("t.db");
+        Store::open_rw(&db).unwrap().commit(&rows).unwrap();
+
+        let (offered, deleted, tally) = reconcile_once(&root, &db, true);
+        assert!(offered.is_empty() && deleted.is_empty(), "{offered:?} {deleted:?}");
+        assert_eq!(tally.files, 6);
+        assert!(tally.looked_up <= 3, "only the odd names may need a lookup of their own: {}", tally.looked_up);
+    }
+
+    #[test]
     fn temporary_and_hidden_names_are_ignored() {
         for n in [".hidden.jpg", "~lock.jpg", "a.jpg.part", "b.TMP", "c.jpg.crdownload", ".", ""] {
             assert!(is_ignored_name(OsStr::new(n)), "{n}");
