@@ -169,11 +169,7 @@ impl Merge<'_> {
         match found {
             Found::File { path, meta } => {
                 self.tally.files += 1;
-                let file = FileMeta {
-                    path: path_text(&path),
-                    size: meta.len() as i64,
-                    mtime_ns: super::worker::mtime_ns(&meta),
-                };
+                let file = FileMeta::of(&path, &meta);
                 Some((path, file))
             }
             Found::Symlink(path) => {
@@ -309,8 +305,7 @@ mod tests {
         let db = tmp.path().join("t.db");
         let mut store = Store::open_rw(&db).unwrap();
         let known = |p: PathBuf, size: i64| {
-            let meta = std::fs::metadata(&p).unwrap();
-            let file = FileMeta { path: path_text(&p), size, mtime_ns: super::super::worker::mtime_ns(&meta) };
+            let file = FileMeta { size, ..FileMeta::of(&p, &std::fs::metadata(&p).unwrap()) };
             Outcome::Known { content_hash: "h".into(), file }
         };
         // Everything but `a0.jpg` (new) is known; `ab/c.jpg` with another
@@ -358,12 +353,7 @@ mod tests {
         let mut rows = Vec::new();
         for p in &paths {
             std::fs::write(p, p.as_os_str().as_bytes()).unwrap();
-            let meta = std::fs::metadata(p).unwrap();
-            let file = FileMeta {
-                path: path_text(p),
-                size: meta.len() as i64,
-                mtime_ns: super::super::worker::mtime_ns(&meta),
-            };
+            let file = FileMeta::of(p, &std::fs::metadata(p).unwrap());
             rows.push(Outcome::Known { content_hash: "h".into(), file });
         }
         let db = tmp.path().join("t.db");

@@ -40,11 +40,12 @@ enum Kind {
     Other,
 }
 
-/// A folder being walked: its path, its identity (to refuse symlink loops)
-/// and its entries still to visit, the next one last.
+/// A folder being walked: its path, its identity (device, inode: only kept
+/// when symlinks are followed, to refuse loops) and its entries still to
+/// visit, the next one last.
 struct Level {
     path: PathBuf,
-    id: (u64, u64),
+    id: Option<(u64, u64)>,
     rest: Vec<Entry>,
 }
 
@@ -64,7 +65,7 @@ impl<F: FnMut(&Path)> Walk<F> {
         let mut walk = Walk { levels: Vec::new(), follow_symlinks, on_folder, pending: None };
         // The root is followed if it is a link: it is the folder asked for.
         match std::fs::metadata(root) {
-            Ok(meta) => walk.enter(root.to_path_buf(), (meta.dev(), meta.ino())),
+            Ok(meta) => walk.enter(root.to_path_buf(), Some((meta.dev(), meta.ino()))),
             Err(error) => walk.pending = Some(Found::Problem { path: root.to_path_buf(), error }),
         }
         walk
@@ -72,7 +73,7 @@ impl<F: FnMut(&Path)> Walk<F> {
 
     /// Reads a folder and pushes its entries, sorted so that popping from the
     /// end visits them in path order.
-    fn enter(&mut self, path: PathBuf, id: (u64, u64)) {
+    fn enter(&mut self, path: PathBuf, id: Option<(u64, u64)>) {
         (self.on_folder)(&path);
         let mut rest = match read_entries(&path, self.follow_symlinks) {
             Ok(entries) => entries,
@@ -87,7 +88,7 @@ impl<F: FnMut(&Path)> Walk<F> {
 
     /// Whether the folder `id` is already being walked above (a symlink loop).
     fn is_ancestor(&self, id: (u64, u64)) -> bool {
-        self.levels.iter().any(|l| l.id == id)
+        self.levels.iter().any(|l| l.id == Some(id))
     }
 }
 
@@ -109,12 +110,15 @@ impl<F: FnMut(&Path)> Iterator for Walk<F> {
                 Kind::File(meta) => return Some(Found::File { path, meta }),
                 Kind::Symlink => return Some(Found::Symlink(path)),
                 Kind::Other => {}
+                // Not following links, a folder is never entered twice: no
+                // identity is needed, and no stat.
+                Kind::Dir if !self.follow_symlinks => self.enter(path, None),
                 Kind::Dir => match std::fs::metadata(&path) {
                     Ok(meta) if self.is_ancestor((meta.dev(), meta.ino())) => {
                         let error = std::io::Error::other("a symlink loops back to a folder above it; not followed");
                         return Some(Found::Problem { path, error });
                     }
-                    Ok(meta) => self.enter(path, (meta.dev(), meta.ino())),
+                    Ok(meta) => self.enter(path, Some((meta.dev(), meta.ino()))),
                     Err(error) => return Some(Found::Problem { path, error }),
                 },
             }

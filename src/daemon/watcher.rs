@@ -77,7 +77,7 @@ impl Watches {
         let Some(w) = watcher.as_mut() else { return };
         match w.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => {}
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => watches_ran_out(&self.inbox),
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => report_watches_ran_out(&self.inbox),
             // Gone between being listed and being watched: nothing to watch.
             Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
             Err(e) => tracing::warn!("cannot watch {}: {e}; its changes are found by the next scan", dir.display()),
@@ -103,7 +103,7 @@ fn handler(inbox: Arc<IntakeInbox>) -> impl FnMut(notify::Result<notify::Event>)
         }
         Err(e) => {
             if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                watches_ran_out(&inbox);
+                report_watches_ran_out(&inbox);
             } else {
                 tracing::warn!("file watcher error: {e}; rescanning");
             }
@@ -113,7 +113,7 @@ fn handler(inbox: Arc<IntakeInbox>) -> impl FnMut(notify::Result<notify::Event>)
 }
 
 /// Once: from now on the intake polls.
-fn watches_ran_out(inbox: &IntakeInbox) {
+fn report_watches_ran_out(inbox: &IntakeInbox) {
     if inbox.watches_ran_out() {
         tracing::error!(
             "{INOTIFY_HINT}; new folders are no longer watched, polling every {}s from now on",

@@ -18,7 +18,6 @@ use crate::model::LoadedModel;
 use crate::preprocess::{DecodeFailure, DecodeLimits, preprocess_bytes};
 use crate::store::{FailureKind, FileMeta, Outcome, Store, path_text};
 use crossbeam_channel::{Receiver, Sender};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -41,11 +40,6 @@ pub(crate) struct Worker {
     /// Decode errors of a file modified less than this ago are retried later
     /// instead of recorded: it may still be being written.
     pub(crate) young: Duration,
-}
-
-/// Modification time in nanoseconds, as stored in `files.mtime_ns`.
-pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec())
 }
 
 /// One worker thread: takes paths until the work queue closes.
@@ -132,7 +126,7 @@ impl Context<'_> {
             self.shared().send_back(path, None);
             return Ok(None);
         }
-        let file = FileMeta { path: path_text(path), size: meta.len() as i64, mtime_ns: mtime_ns(&meta) };
+        let file = FileMeta::of(path, &meta);
         if self.store.file_state(&file.path)?.is_some_and(|s| s.is_current(&file)) {
             ledger.release_path(path);
             self.shared().stats.skipped.fetch_add(1, Ordering::Relaxed);

@@ -52,7 +52,7 @@ const MAX_ITEMS_PER_COMMIT: usize = 256;
 /// few rows costs nearly as much as one of hundreds, more so as the library
 /// grows. Committing whatever had arrived gave 7 rows per transaction on a
 /// 100k library and a rate that fell with its size. A person never sees
-/// 20 ms; the settle interval before it is ten times longer.
+/// 20 ms; the settle interval before it is 1 s by default.
 const GROUP_COMMIT_WAIT: Duration = Duration::from_millis(20);
 
 /// The writer thread.

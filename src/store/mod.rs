@@ -114,6 +114,16 @@ pub struct FileMeta {
     pub mtime_ns: i64,
 }
 
+impl FileMeta {
+    /// The identity that `meta`, just read for `path`, gives it.
+    pub(crate) fn of(path: &Path, meta: &std::fs::Metadata) -> FileMeta {
+        use std::os::unix::fs::MetadataExt;
+        // Nanoseconds, as stored in `files.mtime_ns`.
+        let mtime_ns = meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec());
+        FileMeta { path: path_text(path), size: meta.len() as i64, mtime_ns }
+    }
+}
+
 /// One of the top-k classes of a prediction; defined with top-k in the model crate.
 pub use instrument_model::predict::Scored;
 

@@ -43,16 +43,20 @@ pub struct ResultRow {
 pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> {
     // The files rows carry each one's current result; the `results` view adds
     // its prediction's details. `time` is the result's time in either.
-    let (mut sql, time) = if f.without_prediction_details {
-        let sql =
+    let (select, time) = if f.without_prediction_details {
+        (
             "SELECT path, status, label, confidence, NULL, error_kind, error, NULL, NULL, result_at, content_hash, size
-                   FROM files WHERE status <> 'deleted'";
-        (String::from(sql), "result_at")
+             FROM files WHERE status <> 'deleted'",
+            "result_at",
+        )
     } else {
-        let sql = "SELECT path, status, label, confidence, top5, error_kind, error, model_sha256, backend, classified_at, content_hash, size
-                   FROM results WHERE 1 = 1";
-        (String::from(sql), "classified_at")
+        (
+            "SELECT path, status, label, confidence, top5, error_kind, error, model_sha256, backend, classified_at, content_hash, size
+             FROM results WHERE 1 = 1",
+            "classified_at",
+        )
     };
+    let mut sql = String::from(select);
     let mut args: Vec<Value> = Vec::new();
     if let Some(s) = &f.status {
         sql.push_str(" AND status = ?");
