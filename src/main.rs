@@ -76,6 +76,10 @@ enum Command {
     /// Accuracy on a labelled folder tree (DIR/<class>/<image>).
     #[command(args_override_self = true)]
     Evaluate(commands::evaluate::EvaluateArgs),
+    /// Correct a result: the photo's real label, which wins over the model's
+    /// and teaches the next retraining.
+    #[command(args_override_self = true)]
+    Correct(commands::correct::CorrectArgs),
     /// Redo results made by other models (e.g. after retraining).
     #[command(args_override_self = true)]
     Reclassify(commands::reclassify::ReclassifyArgs),
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => commands::query::stats(a),
         Command::Classify(a) => commands::classify::classify(a),
         Command::Evaluate(a) => commands::evaluate::run(a),
+        Command::Correct(a) => commands::correct::run(a),
         Command::Reclassify(a) => commands::reclassify::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),

@@ -165,12 +165,16 @@ table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; 
             let name = Path::new(&r.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let _ = write!(
                 html,
-                r#"<figure><a href="{url}"><img loading="lazy" src="thumbs/{th}.jpg" alt="{alt}"></a><figcaption>{name}<span class="conf">{p:.0}%</span></figcaption></figure>"#,
+                r#"<figure><a href="{url}"><img loading="lazy" src="thumbs/{th}.jpg" alt="{alt}"></a><figcaption>{name}<span class="conf">{p}</span></figcaption></figure>"#,
                 url = esc(&file_url(&r.path)),
                 th = esc(&h[..16.min(h.len())]),
                 alt = esc(label),
                 name = esc(&name),
-                p = r.confidence.unwrap_or(0.0) * 100.0,
+                p = if r.corrected {
+                    "fixed".to_string()
+                } else {
+                    format!("{:.0}%", r.confidence.unwrap_or(0.0) * 100.0)
+                },
             );
         }
         html.push_str("</div></section>\n");

@@ -3,6 +3,7 @@
 
 pub mod classify;
 pub mod config;
+pub mod correct;
 pub mod evaluate;
 pub mod quantize;
 pub mod query;

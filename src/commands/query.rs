@@ -122,6 +122,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
                 "model_sha256",
                 "backend",
                 "classified_at",
+                "corrected",
             ])?;
             for r in &rows {
                 w.write_record([
@@ -134,6 +135,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
                     r.model_sha256.clone().unwrap_or_default(),
                     r.backend.clone().unwrap_or_default(),
                     r.classified_at.clone().unwrap_or_default(),
+                    r.corrected.to_string(),
                 ])?;
             }
             w.flush()?;
@@ -144,6 +146,10 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
             }
             for r in &rows {
                 let what = match r.status {
+                    // A person's label has no confidence to show.
+                    FileStatus::Ok if r.corrected => {
+                        format!("{:<12} {:>6}", r.label.as_deref().unwrap_or("?"), "fixed")
+                    }
                     FileStatus::Ok => format!(
                         "{:<12} {:>5.1}%",
                         r.label.as_deref().unwrap_or("?"),
@@ -174,6 +180,7 @@ pub fn stats(a: StatsArgs) -> Result<ExitCode> {
             &serde_json::json!({
                 "files": s.files, "ok": s.ok, "errors": s.errors, "deleted": s.deleted,
                 "distinct_contents": s.distinct_contents,
+                "corrections": s.corrections,
                 "labels": s.labels.iter().map(|(l, n)| serde_json::json!({"label": l, "count": n})).collect::<Vec<_>>(),
                 "error_kinds": s.error_kinds.iter().map(|(k, n)| serde_json::json!({"kind": k, "count": n})).collect::<Vec<_>>(),
                 "models": s.models,
@@ -188,6 +195,9 @@ pub fn stats(a: StatsArgs) -> Result<ExitCode> {
         "{} files: {} classified, {} errors ({} deleted files not counted)",
         s.files, s.ok, s.errors, s.deleted
     )?;
+    if s.corrections > 0 {
+        writeln!(out, "{} photos corrected by hand (their labels below are the corrections)", s.corrections)?;
+    }
     if !s.labels.is_empty() {
         writeln!(out, "\nby label:")?;
         for (l, n) in &s.labels {

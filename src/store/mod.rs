@@ -8,6 +8,7 @@
 //!   "done" is never recorded without a result;
 //! - every statement binds its parameters; no SQL is built from user input.
 
+pub mod corrections;
 pub(crate) mod cursor;
 pub mod query;
 pub mod schema;

@@ -38,6 +38,11 @@ pub struct ResultRow {
     pub classified_at: Option<String>,
     pub content_hash: Option<String>,
     pub size: Option<i64>,
+    /// The label is a person's correction, not the model's.
+    pub corrected: bool,
+    /// What the model said, when a correction overrides it (not read with
+    /// `without_prediction_details`).
+    pub model_label: Option<String>,
 }
 
 pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> {
@@ -45,13 +50,15 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
     // its prediction's details. `time` is the result's time in either.
     let (select, time) = if f.without_prediction_details {
         (
-            "SELECT path, status, label, confidence, NULL, error_kind, error, NULL, NULL, result_at, content_hash, size
+            "SELECT path, status, label, confidence, NULL, error_kind, error, NULL, NULL, result_at, content_hash, size,
+                    corrected, NULL
              FROM files WHERE status <> 'deleted'",
             "result_at",
         )
     } else {
         (
-            "SELECT path, status, label, confidence, top5, error_kind, error, model_sha256, backend, classified_at, content_hash, size
+            "SELECT path, status, label, confidence, top5, error_kind, error, model_sha256, backend, classified_at, content_hash, size,
+                    corrected, CASE WHEN corrected THEN model_label END
              FROM results WHERE 1 = 1",
             "classified_at",
         )
@@ -113,6 +120,8 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
             classified_at: r.get(9)?,
             content_hash: r.get(10)?,
             size: r.get(11)?,
+            corrected: r.get(12)?,
+            model_label: r.get(13)?,
         };
         if let (Some(min), Some(c)) = (f.min_confidence, row.confidence)
             && c < min
@@ -131,6 +140,8 @@ pub struct Summary {
     pub errors: u64,
     pub deleted: u64,
     pub distinct_contents: u64,
+    /// Contents a person has labelled (whether or not a copy is still present).
+    pub corrections: u64,
     pub labels: Vec<(String, u64)>,
     /// As stored, so that `stats` reports whatever a database holds (an
     /// error row without a kind counts as `unknown`) rather than refusing it.
@@ -177,6 +188,7 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
         errors: status_count("error"),
         deleted: status_count("deleted"),
         distinct_contents: one("SELECT count(DISTINCT content_hash) FROM files WHERE status = 'ok'")?,
+        corrections: one("SELECT count(*) FROM corrections")?,
         labels,
         error_kinds: pairs(
             "SELECT coalesce(error_kind, 'unknown'), count(*) FROM files WHERE status = 'error'

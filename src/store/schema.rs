@@ -139,6 +139,104 @@ WHERE f.status <> 'deleted';
 DROP INDEX predictions_by_label;
 DROP INDEX predictions_by_time;
 "#,
+    // 3 -> 4: corrections. A person's label for a content wins over every
+    // model's, now and after any reclassification: the files rows carry
+    // `corrected` and show the correction's label (at confidence 1, so no
+    // threshold turns it into `unknown`), and the triggers that copy a
+    // prediction onto the rows leave a corrected row's label alone.
+    r#"
+CREATE TABLE corrections (
+    content_hash  TEXT PRIMARY KEY,          -- the content corrected, wherever its copies live
+    label         TEXT NOT NULL,             -- the person's label (`none`: no instrument)
+    model_label   TEXT,                      -- what the model had said, for the record
+    model_sha256  TEXT,                      -- and which model said it
+    path          TEXT NOT NULL,             -- where the person saw it; retraining reads a live copy first
+    corrected_at  TEXT NOT NULL
+);
+ALTER TABLE files ADD COLUMN corrected INTEGER NOT NULL DEFAULT 0; -- 1: label is a person's correction
+
+DROP TRIGGER prediction_inserted_is_current;
+DROP TRIGGER prediction_updated_is_current;
+DROP TRIGGER file_inserted_takes_its_result;
+DROP TRIGGER file_updated_takes_its_result;
+
+-- As in version 2, except that a corrected row keeps its label.
+CREATE TRIGGER prediction_inserted_is_current AFTER INSERT ON predictions BEGIN
+    UPDATE files SET prediction_id = NEW.id,
+        label = CASE WHEN corrected THEN label ELSE NEW.label END,
+        confidence = CASE WHEN corrected THEN confidence ELSE NEW.confidence END,
+        result_at = CASE WHEN corrected THEN result_at ELSE NEW.classified_at END
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+CREATE TRIGGER prediction_updated_is_current AFTER UPDATE ON predictions BEGIN
+    UPDATE files SET prediction_id = NEW.id,
+        label = CASE WHEN corrected THEN label ELSE NEW.label END,
+        confidence = CASE WHEN corrected THEN confidence ELSE NEW.confidence END,
+        result_at = CASE WHEN corrected THEN result_at ELSE NEW.classified_at END
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+
+-- As in version 2, then the content's correction, if any, on top.
+CREATE TRIGGER file_inserted_takes_its_result AFTER INSERT ON files BEGIN
+    UPDATE files SET prediction_id = CASE WHEN NEW.status = 'ok' THEN (
+        SELECT q.id FROM predictions AS q WHERE q.content_hash = NEW.content_hash
+        ORDER BY q.classified_at DESC, q.id DESC LIMIT 1) END
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+        confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+        result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at),
+        corrected = 0
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = c.label, confidence = 1.0, result_at = c.corrected_at, corrected = 1
+    FROM corrections AS c
+    WHERE files.rowid = NEW.rowid AND NEW.status = 'ok' AND c.content_hash = NEW.content_hash;
+END;
+CREATE TRIGGER file_updated_takes_its_result AFTER UPDATE OF content_hash, status, classified_at ON files BEGIN
+    UPDATE files SET prediction_id = CASE WHEN NEW.status = 'ok' THEN (
+        SELECT q.id FROM predictions AS q WHERE q.content_hash = NEW.content_hash
+        ORDER BY q.classified_at DESC, q.id DESC LIMIT 1) END
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+        confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+        result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at),
+        corrected = 0
+    WHERE rowid = NEW.rowid;
+    UPDATE files SET label = c.label, confidence = 1.0, result_at = c.corrected_at, corrected = 1
+    FROM corrections AS c
+    WHERE files.rowid = NEW.rowid AND NEW.status = 'ok' AND c.content_hash = NEW.content_hash;
+END;
+
+-- A correction made, changed or withdrawn: every live copy shows it, or
+-- again its model's answer.
+CREATE TRIGGER correction_made AFTER INSERT ON corrections BEGIN
+    UPDATE files SET label = NEW.label, confidence = 1.0, result_at = NEW.corrected_at, corrected = 1
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+CREATE TRIGGER correction_changed AFTER UPDATE ON corrections BEGIN
+    UPDATE files SET label = NEW.label, confidence = 1.0, result_at = NEW.corrected_at, corrected = 1
+    WHERE content_hash = NEW.content_hash AND status = 'ok';
+END;
+CREATE TRIGGER correction_withdrawn AFTER DELETE ON corrections BEGIN
+    UPDATE files SET label = (SELECT q.label FROM predictions AS q WHERE q.id = files.prediction_id),
+        confidence = (SELECT q.confidence FROM predictions AS q WHERE q.id = files.prediction_id),
+        result_at = coalesce((SELECT q.classified_at FROM predictions AS q WHERE q.id = files.prediction_id), classified_at),
+        corrected = 0
+    WHERE content_hash = OLD.content_hash AND status = 'ok';
+END;
+
+-- The view adds whether a person set the label, and what the model said.
+DROP VIEW results;
+CREATE VIEW results AS
+SELECT f.path, f.status, f.content_hash, f.size, f.mtime_ns,
+       f.error_kind, f.error,
+       f.label, f.confidence, p.top5, p.model_sha256, p.backend, p.inference_ms,
+       f.result_at AS classified_at,
+       f.first_seen_at,
+       f.corrected, p.label AS model_label, p.confidence AS model_confidence
+FROM files AS f
+LEFT JOIN predictions AS p ON p.id = f.prediction_id
+WHERE f.status <> 'deleted';
+"#,
 ];
 
 pub(crate) fn latest_version() -> i64 {

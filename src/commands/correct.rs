@@ -1,0 +1,65 @@
+//! `instrument-detector correct`: a person's label for a photo, which wins
+//! over the model's everywhere and is what retraining learns from.
+
+use anyhow::{Context, Result};
+use instrument_detector::output::terminal_safe;
+use instrument_detector::store::{Store, corrections};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["label", "withdraw", "list"]))]
+pub struct CorrectArgs {
+    /// The photo, as a path to the file (the daemon's database must hold it).
+    #[arg(value_name = "PATH", required_unless_present = "list")]
+    path: Option<PathBuf>,
+    /// The label it really has, one of the model's labels, or `none` for a
+    /// photo with no instrument.
+    #[arg(value_name = "LABEL")]
+    label: Option<String>,
+    /// Withdraw the photo's correction: it shows the model's answer again.
+    #[arg(long, conflicts_with = "label")]
+    withdraw: bool,
+    /// List every correction.
+    #[arg(long, conflicts_with_all = ["path", "label", "withdraw"])]
+    list: bool,
+    #[arg(long, default_value = "instruments.db", value_name = "FILE")]
+    db: PathBuf,
+}
+
+/// The path as the daemon stored it: absolute, with links resolved (the
+/// daemon resolves its folder), or as given if it no longer exists.
+fn as_stored(path: &Path) -> Result<PathBuf> {
+    match std::fs::canonicalize(path) {
+        Ok(p) => Ok(p),
+        Err(_) if path.is_absolute() => Ok(path.to_path_buf()),
+        Err(_) => Ok(std::env::current_dir().context("cannot read the current folder")?.join(path)),
+    }
+}
+
+pub fn run(a: CorrectArgs) -> Result<ExitCode> {
+    if !a.db.exists() {
+        // Opening read-write would create an empty database and then say the
+        // photo is not in it; say what is really wrong.
+        return Err(instrument_detector::store::StoreError::Missing(a.db.clone()).into());
+    }
+    let store = Store::open_rw(&a.db).with_context(|| format!("cannot open {}", a.db.display()))?;
+    if a.list {
+        for c in corrections::all(&store)? {
+            let was = c.model_label.as_deref().unwrap_or("?");
+            println!("{:<12} (model: {was:<12}) {}  {}", c.label, c.corrected_at, terminal_safe(&c.path));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = as_stored(a.path.as_deref().context("a PATH is needed")?)?;
+    if a.withdraw {
+        let c = corrections::withdraw(&store, &path)?;
+        println!("withdrew the correction '{}' of {}", c.label, terminal_safe(&c.path));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let label = a.label.as_deref().context("a LABEL is needed")?;
+    let c = corrections::correct(&store, &path, label)?;
+    let was = c.model_label.as_deref().unwrap_or("?");
+    println!("{}: {was} -> {} (every copy of this photo)", terminal_safe(&c.path), c.label);
+    Ok(ExitCode::SUCCESS)
+}
