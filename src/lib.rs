@@ -16,3 +16,5 @@ pub mod daemon;
 pub mod output;
 pub mod report;
 pub mod store;
+pub mod thumbnail;
+pub mod web;

@@ -86,6 +86,9 @@ enum Command {
     /// A static HTML page of the results, with thumbnails grouped by instrument.
     #[command(args_override_self = true)]
     Report(commands::report::ReportArgs),
+    /// Serve the local web page: browse, search and correct the results.
+    #[command(args_override_self = true)]
+    Serve(commands::serve::ServeArgs),
     /// Write a statically quantised INT8 (QDQ) copy of a model, calibrated on images.
     #[command(args_override_self = true)]
     Quantize(commands::quantize::QuantizeArgs),
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     match result {
         Ok(code) => code,

@@ -6,15 +6,12 @@
 //! images load lazily and each group is rendered only when scrolled near
 //! (`content-visibility: auto`), which keeps 10,000 photos fast.
 
-use crate::preprocess::{DecodeLimits, ImageError, decode_rgb, resize_rgb};
 use crate::store::query::{self, Filter, ResultRow};
 use crate::store::{FailureKind, FileStatus, Store, path_from_text};
+use crate::thumbnail::{self, THUMB};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-
-/// Side of the thumbnails' longer edge.
-pub const THUMB: u32 = 192;
 
 pub struct ReportSummary {
     pub photos: usize,
@@ -52,31 +49,6 @@ fn file_url(path: &str) -> String {
     out
 }
 
-/// Why one thumbnail was not made (the report goes on without it).
-#[derive(Debug, thiserror::Error)]
-enum ThumbError {
-    #[error("cannot read the photo: {0}")]
-    Read(#[source] std::io::Error),
-    #[error(transparent)]
-    Decode(#[from] ImageError),
-    #[error("cannot write the thumbnail: {0}")]
-    Encode(#[from] image::ImageError),
-    #[error("cannot put the thumbnail in place: {0}")]
-    Rename(#[source] std::io::Error),
-}
-
-fn make_thumb(src: &Path, dst: &Path) -> Result<(), ThumbError> {
-    let bytes = std::fs::read(src).map_err(ThumbError::Read)?;
-    let img = decode_rgb(&bytes, THUMB, &DecodeLimits::default())?;
-    let (w, h) = (img.width() as f64, img.height() as f64);
-    let scale = (THUMB as f64 / w.max(h)).min(1.0);
-    let (tw, th) = (((w * scale).round() as u32).max(1), ((h * scale).round() as u32).max(1));
-    let small = resize_rgb(&img, tw, th, None);
-    let tmp = dst.with_extension("tmp");
-    small.save_with_format(&tmp, image::ImageFormat::Jpeg)?;
-    std::fs::rename(&tmp, dst).map_err(ThumbError::Rename)
-}
-
 /// Writes `out/index.html` and `out/thumbs/`.
 pub fn write(store: &Store, out: &Path, min_confidence: Option<f64>) -> anyhow::Result<ReportSummary> {
     let rows = query::results(store, &Filter { min_confidence, ..Filter::default() })?;
@@ -88,7 +60,7 @@ pub fn write(store: &Store, out: &Path, min_confidence: Option<f64>) -> anyhow::
     let mut todo: BTreeMap<String, String> = BTreeMap::new();
     for r in &ok {
         if let Some(h) = &r.content_hash {
-            let name = format!("{}.jpg", &h[..16.min(h.len())]);
+            let name = thumbnail::file_name(h);
             if !thumbs.join(&name).exists() {
                 todo.entry(name).or_insert_with(|| r.path.clone());
             }
@@ -103,7 +75,7 @@ pub fn write(store: &Store, out: &Path, min_confidence: Option<f64>) -> anyhow::
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some((name, src)) = todo.get(i) else { break };
-                    match make_thumb(&path_from_text(src), &thumbs.join(name)) {
+                    match thumbnail::make(&path_from_text(src), &thumbs.join(name)) {
                         Ok(()) => {
                             made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }

@@ -101,6 +101,7 @@ pub fn query(a: QueryArgs) -> Result<ExitCode> {
         limit: a.limit,
         // Only JSON and CSV show the prediction's model, backend and top 5.
         without_prediction_details: matches!(a.format, Format::Table),
+        ..Filter::default()
     };
     let rows = query::results(&store, &filter)?;
     let stdout = std::io::stdout();

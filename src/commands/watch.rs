@@ -4,6 +4,7 @@ use crate::ModelArgs;
 use anyhow::Result;
 use instrument_detector::daemon::{self, WatchConfig};
 use instrument_detector::preprocess::DecodeLimits;
+use instrument_detector::web;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -60,6 +61,12 @@ pub struct WatchArgs {
     /// DIR/<label>/. Originals are never moved or altered.
     #[arg(long, value_name = "DIR")]
     organize: Option<PathBuf>,
+    /// Also serve the web page (browse, search, correct) on this address,
+    /// e.g. 127.0.0.1:8380. Off by default.
+    #[arg(long, value_name = "ADDR")]
+    ui: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    page: crate::commands::serve::PageArgs,
 }
 
 pub fn run(a: WatchArgs) -> Result<ExitCode> {
@@ -73,6 +80,7 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
         max_pixels: a.max_megapixels.saturating_mul(1_000_000),
         ..DecodeLimits::default()
     };
+    let ui = a.ui.map(|addr| a.page.config(addr, a.db.clone()));
     let cfg = WatchConfig {
         dir: a.dir.or(a.dir_flag).unwrap_or_else(|| PathBuf::from("watch")),
         db: a.db,
@@ -95,7 +103,21 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
     runtime.block_on(async move {
         let cancel = tokio_util::sync::CancellationToken::new();
         tokio::spawn(handle_signals(cancel.clone()));
-        daemon::run(cfg, cancel).await
+        let Some(ui) = ui else { return daemon::run(cfg, cancel).await };
+        // The page stops with the daemon, and the daemon with a page that
+        // cannot start (an address in use is a mistake to hear about at once).
+        let page = tokio::spawn(web::serve(ui, cancel.clone(), None));
+        let daemon = daemon::run(cfg, cancel.clone());
+        tokio::pin!(daemon);
+        tokio::select! {
+            done = &mut daemon => { cancel.cancel(); done }
+            served = page => {
+                let served = served.map_err(anyhow::Error::from).and_then(|r| r);
+                cancel.cancel();
+                daemon.await?;
+                served
+            }
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

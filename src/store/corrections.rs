@@ -104,6 +104,18 @@ fn model_labels(labels: Option<&str>, metadata: Option<&str>) -> Vec<String> {
     all
 }
 
+/// The labels a person can choose from: those of the newest model the
+/// database has seen, `none` included if it gives one.
+pub fn labels_to_choose(store: &Store) -> Result<Vec<String>, StoreError> {
+    let row: Option<(String, String)> = store
+        .conn()
+        .query_row("SELECT labels, metadata FROM models ORDER BY first_used_at DESC, rowid DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(row.map(|(l, m)| model_labels(Some(&l), Some(&m))).unwrap_or_default())
+}
+
 /// Records that the photo at `path` shows `label`. Correcting again replaces
 /// the earlier correction. Returns what was recorded.
 pub fn correct(store: &Store, path: &Path, label: &str) -> Result<Correction, CorrectionError> {

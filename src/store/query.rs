@@ -14,6 +14,15 @@ pub struct Filter {
     pub since: Option<String>,
     pub path_glob: Option<String>,
     pub status: Option<FileStatus>,
+    /// Only paths that contain this text (the page's "folder or name" search).
+    pub path_contains: Option<String>,
+    /// Only results at this confidence or above, and below this one (the
+    /// page's search; a correction counts as confidence 1).
+    pub confidence_at_least: Option<f64>,
+    pub confidence_below: Option<f64>,
+    /// Only paths after this one: the next page of a listing, found by key
+    /// rather than by OFFSET, so page 1,000 costs what page 1 does.
+    pub after: Option<String>,
     pub limit: Option<u64>,
     /// Leave out what only the prediction row holds (`top5`, `model_sha256`,
     /// `backend`), for output that does not show it: each row then costs one
@@ -88,6 +97,22 @@ pub fn results(store: &Store, f: &Filter) -> Result<Vec<ResultRow>, StoreError> 
     if let Some(s) = &f.since {
         sql.push_str(&format!(" AND {time} >= ?"));
         args.push(Value::Text(s.as_str().to_string()));
+    }
+    if let Some(text) = &f.path_contains {
+        sql.push_str(" AND instr(path, ?) > 0");
+        args.push(Value::Text(text.clone()));
+    }
+    if let Some(c) = f.confidence_at_least {
+        sql.push_str(" AND confidence >= ?");
+        args.push(Value::Real(c));
+    }
+    if let Some(c) = f.confidence_below {
+        sql.push_str(" AND confidence < ?");
+        args.push(Value::Real(c));
+    }
+    if let Some(after) = &f.after {
+        sql.push_str(" AND path > ?");
+        args.push(Value::Text(after.clone()));
     }
     if let Some(g) = &f.path_glob {
         // A relative pattern matches anywhere below the folder.
@@ -211,6 +236,37 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
             rows.collect::<Result<_, _>>()?
         },
         backends: pairs("SELECT backend, count(*) FROM predictions GROUP BY backend ORDER BY 2 DESC", &[])?,
+    })
+}
+
+/// What the page shows while the daemon works, polled every few seconds:
+/// only what the status and label indexes answer alone (no distinct count,
+/// no scan of the predictions), so it stays cheap at a million rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveCounts {
+    pub ok: u64,
+    pub errors: u64,
+    pub corrections: u64,
+    pub labels: Vec<(String, u64)>,
+    /// Every model the database has seen: (sha256, file name).
+    pub models: Vec<(String, String)>,
+}
+
+pub fn live_counts(store: &Store) -> Result<LiveCounts, StoreError> {
+    let c = store.conn();
+    let count =
+        |sql: &str| -> Result<u64, rusqlite::Error> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64) };
+    let mut labels =
+        c.prepare("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label ORDER BY 2 DESC, 1")?;
+    let labels = labels.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let mut models = c.prepare("SELECT sha256, name FROM models ORDER BY first_used_at")?;
+    let models = models.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    Ok(LiveCounts {
+        ok: count("SELECT count(*) FROM files WHERE status = 'ok'")?,
+        errors: count("SELECT count(*) FROM files WHERE status = 'error'")?,
+        corrections: count("SELECT count(*) FROM corrections")?,
+        labels: labels.collect::<Result<_, _>>()?,
+        models: models.collect::<Result<_, _>>()?,
     })
 }
 
