@@ -125,7 +125,8 @@ fn main() -> ExitCode {
         }
     };
     let cli = Cli::parse_from(args);
-    let default_level = if matches!(cli.command, Command::Watch(_)) { "info" } else { "warn" };
+    // The long-running commands say what they are doing; the others only what went wrong.
+    let default_level = if matches!(cli.command, Command::Watch(_) | Command::Serve(_)) { "info" } else { "warn" };
     init_logging(cli.verbose, cli.quiet, default_level);
     let result: Result<ExitCode> = match cli.command {
         Command::Watch(a) => commands::watch::run(a),

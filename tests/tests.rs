@@ -20,3 +20,4 @@ mod quantize;
 mod reliability;
 mod reliability_fuzz;
 mod report;
+mod web_page;

@@ -1,6 +1,8 @@
 //! Helpers for tests that start the real binary.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use instrument_model::testkit;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
