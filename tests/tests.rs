@@ -8,6 +8,7 @@ mod common;
 
 mod backends_cli;
 mod cli_pipes;
+mod corrections;
 mod daemon;
 mod day_two;
 mod engine_ort;
