@@ -77,6 +77,15 @@ fn a_correction_wins_everywhere_and_survives_reclassification_and_restarts() {
     let (_, list, _) = output(&s, &["correct", "--list"]);
     assert!(list.contains("green") && list.contains("(model: red"), "{list}");
 
+    // Exported for training: one file per corrected content, named by it.
+    let exported = s.tmp.path().join("exported");
+    let (ok, stdout, stderr) = output(&s, &["correct", "--export", exported.to_str().unwrap()]);
+    assert!(ok && stdout.starts_with("1 corrected photos") && stdout.contains("(1 new)"), "{stdout}{stderr}");
+    let green: Vec<_> = std::fs::read_dir(exported.join("green")).unwrap().collect();
+    assert_eq!(green.len(), 1);
+    let (_, again, _) = output(&s, &["correct", "--export", exported.to_str().unwrap()]);
+    assert!(again.contains("(0 new)"), "{again}");
+
     // Withdrawn through the copy: both show the model's answer again.
     let copy = s.dir.join("a-copy.png").display().to_string();
     let (ok, _, stderr) = output(&s, &["correct", &copy, "--withdraw"]);

@@ -61,6 +61,17 @@ pub struct Dataset {
     pub test: Vec<Sample>,
 }
 
+/// What [`Dataset::add_corrections`] took from a folder of corrections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CorrectionsAdded {
+    /// Photos added to the train split (each `repeat` times).
+    pub photos: usize,
+    /// Photos corrected to `none`, which the head has no output for: the
+    /// `none` rule comes from the ImageNet head and its thresholds, not from
+    /// examples, so they are counted and left out.
+    pub none: usize,
+}
+
 /// Every format the shared decoder reads, phone and camera formats included.
 const IMAGE_EXTS: [&str; 21] = instrument_model::formats::PHOTO_EXTENSIONS;
 
@@ -76,6 +87,50 @@ impl Dataset {
             return Self::from_csv(&csv);
         }
         Self::from_folders(path)
+    }
+
+    /// Adds a person's corrections to the train split: `dir/<label>/<photo>`,
+    /// as `instrument-detector correct --export DIR` writes them. Each photo
+    /// goes in `repeat` times. A label that is not one of the dataset's
+    /// classes is refused (the head has no output for it), except `none`.
+    pub fn add_corrections(&mut self, dir: &Path, repeat: usize) -> Result<CorrectionsAdded> {
+        let mut added = CorrectionsAdded::default();
+        let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the corrections folder {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        folders.sort();
+        for folder in folders {
+            let name = folder
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let photos = images_under(&folder)?;
+            if name == instrument_model::open_world::NONE {
+                added.none += photos.len();
+                continue;
+            }
+            let Some(label) = self.classes.iter().position(|c| *c == name) else {
+                bail!(
+                    "{}: '{name}' is not a class of the dataset ({} classes: {})",
+                    folder.display(),
+                    self.classes.len(),
+                    self.classes.join(", ")
+                );
+            };
+            for path in photos {
+                for _ in 0..repeat.max(1) {
+                    self.train.push(Sample {
+                        path: path.clone(),
+                        label,
+                    });
+                }
+                added.photos += 1;
+            }
+        }
+        Ok(added)
     }
 
     fn from_folders(root: &Path) -> Result<Dataset> {

@@ -232,6 +232,8 @@ pub(crate) mod meta_keys {
     pub(crate) const TRAINING_ARGS: &str = "training_args";
     /// `{"valid": .., "hard_valid": .., "test": ..}`, as JSON.
     pub(crate) const ACCURACY: &str = "accuracy";
+    /// What a person's corrections added to the train split (lineage).
+    pub(crate) const CORRECTIONS: &str = "corrections";
 }
 
 /// The metadata every trained model carries: the dataset's name, today's

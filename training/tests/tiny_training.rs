@@ -38,7 +38,12 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
     let data = dir.path().join("data");
     make_dataset(&data);
     let out = dir.path().join("run");
-    let args = tiny_args(&data, &out);
+    // Two photos a person corrected to red join the train split.
+    let corrections = dir.path().join("corrections");
+    make_corrections(&corrections, &[("red", 2), ("none", 1)]);
+    let mut args = tiny_args(&data, &out);
+    args.corrections = Some(corrections);
+    args.corrections_repeat = 3;
     let report = training::train::run(args).unwrap();
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let rows: Vec<Vec<String>> = csv
@@ -73,6 +78,11 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
         "sorted class order"
     );
     assert_eq!(model.spec.preprocess.size, 32);
+    let lineage = &model.spec.metadata["corrections"];
+    assert!(
+        lineage.starts_with("2 photos from ") && lineage.ends_with("(3x each)"),
+        "{lineage}"
+    );
     assert!((model.spec.preprocess.mean[0] - 127.0 / 255.0).abs() < 1e-6);
     assert!(model.spec.temperature > 0.0);
 
@@ -130,6 +140,8 @@ fn tiny_args(data: &Path, out: &Path) -> TrainArgs {
         max_batches: None,
         frozen_features: training::train::FeatureEngine::Auto,
         no_export: false,
+        corrections: None,
+        corrections_repeat: 1,
         dataset_name: "colours".into(),
     }
 }
@@ -200,6 +212,48 @@ fn an_open_world_run_keeps_the_imagenet_head_and_exports_the_none_rule() {
     assert!(
         w.allclose(w0, 0.0, 0.0, false),
         "the ImageNet head must not train"
+    );
+}
+
+/// `dir/<label>/<n>.jpg`, as `instrument-detector correct --export` writes them.
+fn make_corrections(dir: &Path, photos: &[(&str, u32)]) {
+    for (label, n) in photos {
+        std::fs::create_dir_all(dir.join(label)).unwrap();
+        for i in 0..*n {
+            let colour = if *label == "none" { "green" } else { label };
+            let img = color_image(colour, 40, 36, 5000 + i);
+            std::fs::write(
+                dir.join(label).join(format!("{i}.jpg")),
+                encode(&img, ImageFormat::Jpeg),
+            )
+            .unwrap();
+        }
+    }
+}
+
+#[test]
+fn corrections_join_the_train_split_and_a_label_the_dataset_lacks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data);
+    let mut ds = training::data::Dataset::open(&data).unwrap();
+    let before = ds.train.len();
+    let corrections = dir.path().join("corrections");
+    make_corrections(&corrections, &[("blue", 2), ("none", 3)]);
+    let added = ds.add_corrections(&corrections, 2).unwrap();
+    assert_eq!((added.photos, added.none), (2, 3));
+    assert_eq!(
+        ds.train.len(),
+        before + 4,
+        "each photo twice; none left out"
+    );
+    let blue = ds.classes.iter().position(|c| c == "blue").unwrap();
+    assert!(ds.train[before..].iter().all(|s| s.label == blue));
+    make_corrections(&corrections, &[("purple", 1)]);
+    let err = ds.add_corrections(&corrections, 1).unwrap_err().to_string();
+    assert!(
+        err.contains("'purple' is not a class of the dataset"),
+        "{err}"
     );
 }
 

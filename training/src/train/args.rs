@@ -188,6 +188,15 @@ pub struct TrainArgs {
     /// Skip the ONNX export at the end.
     #[arg(long)]
     pub no_export: bool,
+    /// A person's corrections, `DIR/<label>/<photo>` (what `instrument-detector
+    /// correct --export DIR` writes): added to the train split. Photos
+    /// corrected to `none` are counted and left out (the `none` rule is not
+    /// learnt from examples).
+    #[arg(long, value_name = "DIR")]
+    pub corrections: Option<PathBuf>,
+    /// Each corrected photo goes into the train split this many times.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub corrections_repeat: usize,
     /// Dataset name recorded in the model metadata.
     #[arg(long, default_value = "instruments (30 classes)")]
     pub dataset_name: String,

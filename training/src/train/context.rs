@@ -2,7 +2,7 @@
 //! preprocessing, the device, and the open world, opened once at the start.
 
 use super::args::{DeviceChoice, TrainArgs};
-use crate::data::{Dataset, Mode, Sample, spec_for};
+use crate::data::{CorrectionsAdded, Dataset, Mode, Sample, spec_for};
 use crate::eval::{Predictions, Reader, Scorer, predict};
 use crate::weights::{CheckpointMeta, read_meta};
 use anyhow::{Context, Result, bail};
@@ -19,6 +19,8 @@ pub(crate) struct Ctx {
     pub(crate) workers: usize,
     /// The ImageNet expert and the `none` rule, when the ImageNet head is kept.
     pub(crate) open_world: Option<OpenWorld>,
+    /// What `--corrections` added to the train split.
+    pub(crate) corrections: Option<CorrectionsAdded>,
 }
 
 impl Ctx {
@@ -29,7 +31,21 @@ impl Ctx {
         let device = pick_device(args.device)?;
         tch::set_num_threads(args.threads.unwrap_or_else(cores).max(1) as i32);
         tch::manual_seed(args.seed as i64);
-        let ds = Dataset::open(&args.data)?;
+        let mut ds = Dataset::open(&args.data)?;
+        let corrections = match &args.corrections {
+            Some(dir) => {
+                let added = ds.add_corrections(dir, args.corrections_repeat)?;
+                eprintln!(
+                    "corrections: {} photos from {} added to train ({}x each); {} corrected to none left out",
+                    added.photos,
+                    dir.display(),
+                    args.corrections_repeat.max(1),
+                    added.none
+                );
+                Some(added)
+            }
+            None => None,
+        };
         if ds.train.is_empty() || ds.valid.is_empty() {
             bail!(
                 "{}: the train and valid splits must both hold images",
@@ -58,6 +74,7 @@ impl Ctx {
             device,
             workers,
             open_world,
+            corrections,
         })
     }
 

@@ -73,11 +73,23 @@ pub(crate) fn finish(
 
 /// The checked export to `model_path`; returns the parity lines.
 fn export(ctx: &Ctx, net: &Network, model_path: &Path) -> Result<Vec<String>> {
-    let extra = run_metadata(
+    let mut extra = run_metadata(
         &ctx.args.dataset_name,
         serde_json::to_string(&ctx.args)?,
         ctx.open_world.as_ref().map(OpenWorld::to_metadata),
     );
+    // Lineage: a model that learnt from a person's corrections says so.
+    if let (Some(added), Some(dir)) = (ctx.corrections, &ctx.args.corrections) {
+        extra.insert(
+            meta_keys::CORRECTIONS.to_string(),
+            format!(
+                "{} photos from {} ({}x each)",
+                added.photos,
+                dir.display(),
+                ctx.args.corrections_repeat.max(1)
+            ),
+        );
+    }
     let inputs = real_inputs(&ctx.ds.valid, &ctx.spec, 4)?;
     let parity = export_checked(net, &ctx.spec, &ctx.ds.classes, &extra, &inputs, model_path)?;
     for x in &parity {
