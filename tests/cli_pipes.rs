@@ -6,16 +6,20 @@ use crate::common::Setup;
 use std::process::Stdio;
 
 fn with_closed_stdout(s: &Setup, args: &[&str]) -> std::process::Output {
-    let mut child = s
+    // The read end is closed before the command starts, so its first write
+    // fails. (Closing it after the spawn raced the command's first write:
+    // under load `status` sometimes wrote its line into the pipe and exited 1
+    // for "no daemon running".)
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let child = s
         .cmd(args)
         .arg("--db")
         .arg(&s.db)
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting the binary");
-    // Close the read end before the command writes its first byte.
-    drop(child.stdout.take());
     child.wait_with_output().expect("waiting for the binary")
 }
 

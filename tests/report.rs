@@ -1,18 +1,8 @@
 //! The HTML report, opened in a real headless browser (Debian's chromium).
 
+use crate::common::browser::{QUIET_HEADLESS, find_chromium};
 use crate::common::*;
 use image::ImageFormat;
-
-fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"].iter().find_map(|c| {
-        std::process::Command::new(c)
-            .arg("--version")
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| c.to_string())
-    })
-}
 
 #[test]
 fn report_loads_in_a_browser_and_shows_the_groups() {
@@ -35,7 +25,7 @@ fn report_loads_in_a_browser_and_shows_the_groups() {
     let html = std::fs::read_to_string(out_dir.join("index.html")).unwrap();
     assert!(!html.contains("<script>alert(1)"), "file names must be escaped");
 
-    let Some(browser) = chromium() else {
+    let Some(browser) = find_chromium() else {
         if std::env::var_os("INSTRUMENT_DETECTOR_NO_BROWSER").is_some() {
             skip_or_fail_in_ci("the browser half: chromium is not installed (INSTRUMENT_DETECTOR_NO_BROWSER set)");
             return;
@@ -44,20 +34,8 @@ fn report_loads_in_a_browser_and_shows_the_groups() {
     };
     let profile = s.tmp.path().join("chromium-profile");
     let out = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-        ])
+        .args(QUIET_HEADLESS)
+        .args(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=3000", "--dump-dom"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", out_dir.join("index.html").display()))
         .output()

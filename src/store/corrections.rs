@@ -168,11 +168,12 @@ pub fn withdraw(store: &Store, path: &Path) -> Result<Correction, CorrectionErro
 }
 
 fn of_content(store: &Store, content_hash: &str) -> Result<Option<Correction>, CorrectionError> {
-    let mut stmt = store.conn().prepare_cached(&format!("{SELECT} WHERE content_hash = ?1"))?;
+    let mut stmt = store.conn().prepare_cached(
+        "SELECT content_hash, label, model_label, model_sha256, path, corrected_at FROM corrections
+         WHERE content_hash = ?1",
+    )?;
     Ok(stmt.query_row([content_hash], read).optional()?)
 }
-
-const SELECT: &str = "SELECT content_hash, label, model_label, model_sha256, path, corrected_at FROM corrections";
 
 fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Correction> {
     Ok(Correction {
@@ -187,7 +188,10 @@ fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Correction> {
 
 /// Every correction, oldest first.
 pub fn all(store: &Store) -> Result<Vec<Correction>, StoreError> {
-    let mut stmt = store.conn().prepare(&format!("{SELECT} ORDER BY corrected_at, content_hash"))?;
+    let mut stmt = store.conn().prepare(
+        "SELECT content_hash, label, model_label, model_sha256, path, corrected_at FROM corrections
+         ORDER BY corrected_at, content_hash",
+    )?;
     let rows = stmt.query_map([], read)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -203,25 +207,9 @@ pub fn live_copy(store: &Store, content_hash: &str) -> Result<Option<String>, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Outcome;
     use crate::store::query::{self, Filter};
-    use crate::store::{FileMeta, Outcome, PredictionRow, Scored};
-
-    fn meta(path: &str) -> FileMeta {
-        FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
-    }
-
-    fn classified(hash: &str, model: &str, label: &str, paths: &[&str]) -> Outcome {
-        Outcome::Classified {
-            prediction: PredictionRow {
-                content_hash: hash.into(),
-                model_sha256: model.into(),
-                top5: vec![Scored { label: label.into(), confidence: 0.5 }],
-                backend: "tract".into(),
-                inference_ms: 1.0,
-            },
-            files: paths.iter().map(|p| meta(p)).collect(),
-        }
-    }
+    use crate::store::testing::{classified, meta};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -383,6 +383,31 @@ impl Store {
     }
 }
 
+/// Rows for the store's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{FileMeta, Outcome, PredictionRow, Scored};
+
+    pub(crate) fn meta(path: &str) -> FileMeta {
+        FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
+    }
+
+    /// `hash` classified by `model` as `label` at confidence 0.5 (exact in
+    /// f32 and f64, so tests compare it as is), under every one of `paths`.
+    pub(crate) fn classified(hash: &str, model: &str, label: &str, paths: &[&str]) -> Outcome {
+        Outcome::Classified {
+            prediction: PredictionRow {
+                content_hash: hash.into(),
+                model_sha256: model.into(),
+                top5: vec![Scored { label: label.into(), confidence: 0.5 }],
+                backend: "tract".into(),
+                inference_ms: 1.0,
+            },
+            files: paths.iter().map(|p| meta(p)).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

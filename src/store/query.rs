@@ -273,24 +273,8 @@ pub fn live_counts(store: &Store) -> Result<LiveCounts, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FileMeta, Outcome, PredictionRow};
-
-    fn meta(path: &str) -> FileMeta {
-        FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
-    }
-
-    fn classified(hash: &str, model: &str, label: &str, paths: &[&str]) -> Outcome {
-        Outcome::Classified {
-            prediction: PredictionRow {
-                content_hash: hash.into(),
-                model_sha256: model.into(),
-                top5: vec![Scored { label: label.into(), confidence: 0.8 }],
-                backend: "tract".into(),
-                inference_ms: 1.0,
-            },
-            files: paths.iter().map(|p| meta(p)).collect(),
-        }
-    }
+    use crate::store::Outcome;
+    use crate::store::testing::{classified, meta};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -22,6 +22,19 @@ pub struct Browser {
     pub problems: Vec<String>,
 }
 
+/// Chromium without a display, a sandbox (tests may run as root) or any
+/// traffic of its own (updates, sync): what every browser test starts with.
+pub const QUIET_HEADLESS: [&str; 8] = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// The installed Chromium, or why there is none (the caller decides whether
 /// that skips or fails; see `skip_or_fail_in_ci`).
 pub fn find_chromium() -> Option<String> {
@@ -34,15 +47,8 @@ impl Browser {
     /// Starts `chromium` headless with a fresh profile in `profile`, and opens one tab.
     pub fn launch(chromium: &str, profile: &Path) -> Browser {
         let mut child = Command::new(chromium)
+            .args(QUIET_HEADLESS)
             .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
                 "--window-size=1200,800",
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
