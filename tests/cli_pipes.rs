@@ -12,14 +12,8 @@ fn with_closed_stdout(s: &Setup, args: &[&str]) -> std::process::Output {
     // for "no daemon running".)
     let (reader, writer) = std::io::pipe().expect("a pipe");
     drop(reader);
-    let child = s
-        .cmd(args)
-        .arg("--db")
-        .arg(&s.db)
-        .stdout(writer)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the binary");
+    let child =
+        s.cmd(args).arg("--db").arg(&s.db).stdout(writer).stderr(Stdio::piped()).spawn().expect("starting the binary");
     child.wait_with_output().expect("waiting for the binary")
 }
 
