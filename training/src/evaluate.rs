@@ -21,6 +21,44 @@ fn line(name: &str, p: &Predictions, t: f64) -> String {
     )
 }
 
+/// How many of `samples` the model at `model_path` answers right, through
+/// the daemon's engine and its own preprocessing and open-world reading (so
+/// two models are compared as a user would meet them).
+pub fn correct_on(
+    model_path: &Path,
+    samples: &[Sample],
+    classes: &[String],
+    seed: u64,
+) -> Result<usize> {
+    let model = LoadedModel::load(model_path)?;
+    anyhow::ensure!(
+        model.spec.labels == classes,
+        "{}: its labels differ from the dataset's classes",
+        model_path.display()
+    );
+    let (mut clf, _) = engine::open(&model, BackendChoice::Auto, &EngineOptions::default())
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let reader = model.spec.open_world.as_ref().map(|ow| Reader {
+        open_world: ow,
+        classes: &model.spec.labels,
+    });
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut scorer = Scorer::Engine(clf.as_mut());
+    let samples = Arc::new(samples.to_vec());
+    let p = predict(
+        &mut scorer,
+        samples,
+        &model.spec.preprocess,
+        Mode::Plain,
+        16,
+        workers,
+        seed,
+    )?;
+    Ok(p.read_with(reader).correct())
+}
+
 pub fn run(
     model_path: &Path,
     data: &Path,

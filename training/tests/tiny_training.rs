@@ -86,6 +86,18 @@ fn colours_learn_in_two_epochs_and_fill_the_run_folder() {
     assert!((model.spec.preprocess.mean[0] - 127.0 / 255.0).abs() < 1e-6);
     assert!(model.spec.temperature > 0.0);
 
+    // A run that learns nothing is refused against this model, and kept
+    // aside; one as good is kept.
+    let good = dir.path().join("good.onnx");
+    std::fs::copy(out.join("model.onnx"), &good).unwrap();
+    let bad_out = dir.path().join("bad");
+    let mut bad = tiny_args(&data, &bad_out);
+    (bad.epochs, bad.warmup_epochs, bad.lr, bad.warmup_lr) = (1, 1, 1e-9, Some(1e-9));
+    bad.no_worse_than = Some(good.clone());
+    let err = training::train::run(bad).unwrap_err().to_string();
+    assert!(err.starts_with("refused: the new model answers"), "{err}");
+    assert!(!bad_out.join("model.onnx").exists() && bad_out.join("model.refused.onnx").is_file());
+
     // Resume continues from the checkpoint for one more epoch.
     let mut more: TrainArgs = serde_json::from_value(read_args(&out)).unwrap();
     more.epochs = 4;
@@ -142,6 +154,7 @@ fn tiny_args(data: &Path, out: &Path) -> TrainArgs {
         no_export: false,
         corrections: None,
         corrections_repeat: 1,
+        no_worse_than: None,
         dataset_name: "colours".into(),
     }
 }

@@ -194,6 +194,11 @@ pub struct TrainArgs {
     /// learnt from examples).
     #[arg(long, value_name = "DIR")]
     pub corrections: Option<PathBuf>,
+    /// Refuse the new model if it answers more than one valid image fewer
+    /// than this one (the model in use): it is then left as
+    /// `model.refused.onnx`, never `model.onnx`, and the run fails.
+    #[arg(long, value_name = "MODEL")]
+    pub no_worse_than: Option<PathBuf>,
     /// Each corrected photo goes into the train split this many times.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub corrections_repeat: usize,

@@ -57,6 +57,11 @@ pub(crate) fn finish(
     if model_path.is_file() && !ctx.args.no_export {
         record_calibration(&model_path, &valid, test.acc)?;
     }
+    if let Some(base) = &ctx.args.no_worse_than
+        && model_path.is_file()
+    {
+        guard(ctx, &model_path, base)?;
+    }
     let report_md = report::markdown(best_epoch, &measured_on, &valid, &test, none.as_ref());
     std::fs::write(out.join("report.md"), &report_md)?;
     eprintln!("{report_md}");
@@ -96,6 +101,32 @@ fn export(ctx: &Ctx, net: &Network, model_path: &Path) -> Result<Vec<String>> {
         eprintln!("export parity: {x}");
     }
     Ok(parity.iter().map(|x| x.to_string()).collect())
+}
+
+/// Keeps `model.onnx` only if it answers at most one valid image fewer than
+/// `base`; otherwise renames it `model.refused.onnx` and fails the run.
+fn guard(ctx: &Ctx, model_path: &Path, base: &Path) -> Result<()> {
+    let seed = ctx.args.seed;
+    let valid = &ctx.ds.valid;
+    let before = crate::evaluate::correct_on(base, valid, &ctx.ds.classes, seed)?;
+    let after = crate::evaluate::correct_on(model_path, valid, &ctx.ds.classes, seed)?;
+    let n = valid.len();
+    if after + 1 < before {
+        let refused = model_path.with_file_name("model.refused.onnx");
+        std::fs::rename(model_path, &refused)?;
+        anyhow::bail!(
+            "refused: the new model answers {after}/{n} valid images right, {} fewer than {} ({before}/{n}); \
+             more than one lost, so it is left as {} and not as model.onnx",
+            before - after,
+            base.display(),
+            refused.display()
+        );
+    }
+    eprintln!(
+        "kept: valid {after}/{n} against {before}/{n} for {}",
+        base.display()
+    );
+    Ok(())
 }
 
 /// The daemon's engine on the exported file: ONNX Runtime, else tract.
