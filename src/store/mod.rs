@@ -29,6 +29,11 @@ pub enum StoreError {
         "database {path} has schema version {found}, newer than this program understands ({supported}); upgrade instrument-detector"
     )]
     TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "database {path} has schema version {found} and this program reads version {supported}; \
+         upgrading it needs write access, which failed: {source}"
+    )]
+    CannotUpgrade { path: PathBuf, found: i64, supported: i64, source: Box<StoreError> },
     #[error("database {0} does not exist (has the daemon run yet? pass --db to point at another)")]
     Missing(PathBuf),
     #[error("database error: {0}")]
@@ -196,6 +201,19 @@ impl Store {
                 found: version,
                 supported: schema::latest_version(),
             });
+        }
+        if version < schema::latest_version() {
+            // Written by an older version (the daemon not restarted since an
+            // upgrade): the read queries need the new columns, so migrate it
+            // once through a writer, then read as asked.
+            drop(store);
+            Store::open_rw(path).map_err(|e| StoreError::CannotUpgrade {
+                path: path.to_path_buf(),
+                found: version,
+                supported: schema::latest_version(),
+                source: Box::new(e),
+            })?;
+            return Store::open_ro(path);
         }
         Ok(store)
     }
@@ -463,6 +481,24 @@ mod tests {
 
     fn meta(path: &str) -> FileMeta {
         FileMeta { path: path.into(), size: 10, mtime_ns: 5 }
+    }
+
+    #[test]
+    fn a_reader_upgrades_a_database_an_older_version_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&db).unwrap();
+            for (i, sql) in schema::MIGRATIONS.iter().take(3).enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)).unwrap();
+            }
+        }
+        let store = Store::open_ro(&db).unwrap();
+        assert!(query::results(&store, &query::Filter::default()).unwrap().is_empty());
+        assert_eq!(query::live_counts(&store).unwrap().corrections, 0);
+        let v: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, schema::latest_version());
     }
 
     #[test]
