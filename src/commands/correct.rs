@@ -99,7 +99,7 @@ fn export(store: &Store, dir: &Path) -> Result<Exported> {
         if c.label.is_empty() || c.label.starts_with('.') || c.label.contains('/') {
             anyhow::bail!("the label '{}' cannot be a folder name", terminal_safe(&c.label));
         }
-        let live = corrections::live_copy(store, &c.content_hash)?.unwrap_or_else(|| c.path.clone());
+        let live = store.live_copy(&c.content_hash)?.unwrap_or_else(|| c.path.clone());
         let src = instrument_detector::store::path_from_text(&live);
         if !src.is_file() {
             done.missing += 1;

@@ -196,14 +196,6 @@ pub fn all(store: &Store) -> Result<Vec<Correction>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// A path that holds `content_hash` now, if any: the photo retraining reads.
-pub fn live_copy(store: &Store, content_hash: &str) -> Result<Option<String>, StoreError> {
-    let mut stmt = store
-        .conn()
-        .prepare_cached("SELECT path FROM files WHERE content_hash = ?1 AND status = 'ok' ORDER BY path LIMIT 1")?;
-    Ok(stmt.query_row([content_hash], |r| r.get(0)).optional()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +278,6 @@ mod tests {
             err("/w/g.jpg", "none")
         );
         assert_eq!(all(&store).unwrap().len(), 1);
-        assert_eq!(live_copy(&store, "h").unwrap().as_deref(), Some("/w/a.jpg"));
+        assert_eq!(store.live_copy("h").unwrap().as_deref(), Some("/w/a.jpg"));
     }
 }

@@ -329,6 +329,15 @@ impl Store {
         Ok(stmt.query_row([content_hash], |r| r.get(0)).optional()?)
     }
 
+    /// A path that holds `content_hash` now, if any: the file the page's
+    /// thumbnails and the export of corrections read.
+    pub fn live_copy(&self, content_hash: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT path FROM files WHERE content_hash = ?1 AND status = 'ok' ORDER BY path LIMIT 1")?;
+        Ok(stmt.query_row([content_hash], |r| r.get(0)).optional()?)
+    }
+
     /// Writes a batch of outcomes in one transaction.
     pub fn commit(&mut self, outcomes: &[Outcome]) -> Result<(), StoreError> {
         let now = now();

@@ -198,9 +198,7 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
     // `label` is set on ok rows only (schema version 2), so both forms read
     // the label index; without a threshold it is all they read.
     let labels = match min_confidence {
-        None => {
-            pairs("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label ORDER BY 2 DESC, 1", &[])?
-        }
+        None => label_counts(store)?,
         Some(min) => pairs(
             "SELECT CASE WHEN confidence >= ?1 THEN label ELSE 'unknown' END AS l, count(*)
              FROM files WHERE label IS NOT NULL GROUP BY l ORDER BY count(*) DESC, l",
@@ -239,6 +237,16 @@ pub fn summary(store: &Store, min_confidence: Option<f64>) -> Result<Summary, St
     })
 }
 
+/// Photos per label, most first: the label index alone (`label` is set on
+/// `ok` rows only, since schema version 2).
+fn label_counts(store: &Store) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = store
+        .conn()
+        .prepare("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label ORDER BY 2 DESC, 1")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// What the page shows while the daemon works, polled every few seconds:
 /// only what the status and label indexes answer alone (no distinct count,
 /// no scan of the predictions), so it stays cheap at a million rows.
@@ -256,16 +264,13 @@ pub fn live_counts(store: &Store) -> Result<LiveCounts, StoreError> {
     let c = store.conn();
     let count =
         |sql: &str| -> Result<u64, rusqlite::Error> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|v| v as u64) };
-    let mut labels =
-        c.prepare("SELECT label, count(*) FROM files WHERE label IS NOT NULL GROUP BY label ORDER BY 2 DESC, 1")?;
-    let labels = labels.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
     let mut models = c.prepare("SELECT sha256, name FROM models ORDER BY first_used_at")?;
     let models = models.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
     Ok(LiveCounts {
         ok: count("SELECT count(*) FROM files WHERE status = 'ok'")?,
         errors: count("SELECT count(*) FROM files WHERE status = 'error'")?,
         corrections: count("SELECT count(*) FROM corrections")?,
-        labels: labels.collect::<Result<_, _>>()?,
+        labels: label_counts(store)?,
         models: models.collect::<Result<_, _>>()?,
     })
 }

@@ -258,7 +258,9 @@ fn checked_hash(hash: &str) -> Result<&str, ApiError> {
 
 /// A path that holds the content now, or 404.
 fn source_of(shared: &Shared, hash: &str) -> Result<std::path::PathBuf, ApiError> {
-    let path = corrections::live_copy(&shared.open()?, hash)?
+    let path = shared
+        .open()?
+        .live_copy(hash)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "no file holds this photo any more".into()))?;
     Ok(path_from_text(&path))
 }
