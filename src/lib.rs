@@ -7,7 +7,8 @@
 //! re-exported here under its old paths. This crate adds:
 //! - [`daemon`][]: watching, the pipeline, metrics;
 //! - [`store`][]: SQLite;
-//! - [`batch`][], [`output`][], [`report`][]: one-shot classification and its output.
+//! - [`batch`][], [`output`][], [`report`][]: one-shot classification and its output;
+//! - [`retrain`][]: a library's model retrained on its corrections, and where it lives.
 
 pub use instrument_model::{calibration, engine, model, onnx, open_world, predict, preprocess, quantize};
 
@@ -15,6 +16,7 @@ pub mod batch;
 pub mod daemon;
 pub mod output;
 pub mod report;
+pub mod retrain;
 pub mod store;
 pub mod thumbnail;
 pub mod web;

@@ -57,6 +57,11 @@ impl ModelArgs {
     fn model_path(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(commands::default_model_path)
     }
+    /// For a command on a library: `--model`, else the library's retrained
+    /// model when it has one, else the shipped model.
+    fn model_for_library(&self, db: &std::path::Path) -> PathBuf {
+        instrument_detector::retrain::model_for(self.model.as_deref(), db, commands::default_model_path())
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +88,10 @@ enum Command {
     /// Redo results made by other models (e.g. after retraining).
     #[command(args_override_self = true)]
     Reclassify(commands::reclassify::ReclassifyArgs),
+    /// Fit a new head on the dataset plus your corrections (seconds once the
+    /// dataset's features are cached) and put it in use, unless it is worse.
+    #[command(args_override_self = true)]
+    Retrain(commands::retrain::RetrainArgs),
     /// A static HTML page of the results, with thumbnails grouped by instrument.
     #[command(args_override_self = true)]
     Report(commands::report::ReportArgs),
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
         Command::Evaluate(a) => commands::evaluate::run(a),
         Command::Correct(a) => commands::correct::run(a),
         Command::Reclassify(a) => commands::reclassify::run(a),
+        Command::Retrain(a) => commands::retrain::run(a),
         Command::Status(a) => commands::status::run(a),
         Command::Report(a) => commands::report::run(a),
         Command::Quantize(a) => commands::quantize::run(a),

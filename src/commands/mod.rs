@@ -9,6 +9,7 @@ pub mod quantize;
 pub mod query;
 pub mod reclassify;
 pub mod report;
+pub mod retrain;
 pub mod serve;
 pub mod status;
 pub mod watch;

@@ -33,7 +33,7 @@ pub struct ReclassifyArgs {
 }
 
 pub fn run(a: ReclassifyArgs) -> Result<ExitCode> {
-    let model = LoadedModel::load(&a.model.model_path())?;
+    let model = LoadedModel::load(&a.model.model_for_library(&a.db))?;
     let mut store = Store::open_rw(&a.db).with_context(|| format!("cannot open {}", a.db.display()))?;
     store.register_model(&model)?;
     // One present path per content is enough to classify it; all its paths share the result.

@@ -81,10 +81,13 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
         ..DecodeLimits::default()
     };
     let ui = a.ui.map(|addr| a.page.config(addr, a.db.clone()));
+    // With no --model, the library's retrained model wins once it has one.
+    let retrained = a.model.model.is_none().then(|| instrument_detector::retrain::current(&a.db));
     let cfg = WatchConfig {
         dir: a.dir.or(a.dir_flag).unwrap_or_else(|| PathBuf::from("watch")),
         db: a.db,
         model: a.model.model_path(),
+        retrained,
         backend: a.model.backend,
         engine: a.model.engine_options(),
         settle: Duration::from_millis(a.settle_ms),

@@ -10,6 +10,9 @@ pub struct WatchConfig {
     pub dir: PathBuf,
     pub db: PathBuf,
     pub model: PathBuf,
+    /// The library's retrained model (`<db>.models/current.onnx`), used
+    /// instead of `model` whenever it exists; `None` when `--model` was given.
+    pub retrained: Option<PathBuf>,
     pub backend: BackendChoice,
     pub engine: EngineOptions,
     pub settle: Duration,
@@ -31,6 +34,14 @@ pub struct WatchConfig {
 }
 
 impl WatchConfig {
+    /// The model file to run now: the library's retrained one once there is one.
+    pub(crate) fn model_file(&self) -> PathBuf {
+        match &self.retrained {
+            Some(p) if p.is_file() => p.clone(),
+            _ => self.model.clone(),
+        }
+    }
+
     /// The intake's bound, never so small that a burst cannot flow.
     pub(crate) fn queue_bound(&self) -> usize {
         self.queue.max(16)

@@ -103,11 +103,11 @@ impl Opened {
         if !dir.is_dir() {
             bail!("cannot watch {}: not a folder", dir.display());
         }
-        let model = Arc::new(LoadedModel::load(&cfg.model)?);
+        let model = Arc::new(LoadedModel::load(&cfg.model_file())?);
         // Each step down a backend was already logged once by `engine::open`
         // (at info for the expected "no GPU here", at warn for anything else).
         let (engine, _fallbacks) = engine::open(&model, cfg.backend, &cfg.engine)
-            .with_context(|| format!("cannot run model {} on backend {:?}", cfg.model.display(), cfg.backend))?;
+            .with_context(|| format!("cannot run model {} on backend {:?}", cfg.model_file().display(), cfg.backend))?;
         if let Some(parent) = cfg.db.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
         }

@@ -46,14 +46,16 @@ pub(crate) async fn watch_model(
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).ok();
     let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| Ok((m.len(), m.modified()?))).ok();
-    let mut last = stamp(&cfg.model);
+    let mut last = (cfg.model_file(), stamp(&cfg.model_file()));
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
             Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let now = stamp(&cfg.model);
+        // The file in use changes when a library gets its first retrained model.
+        let file = cfg.model_file();
+        let now = (file.clone(), stamp(&file));
         if !forced && now == last {
             continue;
         }
@@ -80,7 +82,7 @@ type Replacement = (Arc<LoadedModel>, Vec<Box<dyn Classifier>>);
 
 /// Loads and opens the model file; `None` if it is the model in use.
 fn load_replacement(cfg: &WatchConfig, current: &str, batchers: usize) -> anyhow::Result<Option<Replacement>> {
-    let m = LoadedModel::load(&cfg.model)?;
+    let m = LoadedModel::load(&cfg.model_file())?;
     if m.sha256 == current {
         return Ok(None);
     }

@@ -10,7 +10,8 @@
 //! - [`predict`]: raw outputs to the verdict and the top k;
 //! - [`calibration`]: expected calibration error;
 //! - [`onnx`]: a small ONNX graph writer (tests, training export, quantisation);
-//! - [`quantize`]: static INT8 quantisation in QDQ form.
+//! - [`quantize`]: static INT8 quantisation in QDQ form;
+//! - [`retrain`]: a new head fitted on a person's corrections, in seconds.
 //!
 //! Feature `onnx` (default) gates everything that reads, writes or runs ONNX;
 //! feature `testkit` adds tiny generated models and images for tests.
@@ -30,5 +31,7 @@ pub mod predict;
 pub mod preprocess;
 #[cfg(feature = "onnx")]
 pub mod quantize;
+#[cfg(feature = "onnx")]
+pub mod retrain;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -78,7 +78,7 @@ pub enum Dim {
     Named(String),
 }
 
-fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{Dimension, dimension::Value};
     let dim = dims
         .iter()
