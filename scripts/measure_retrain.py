@@ -11,11 +11,14 @@ touched), before and after, from `query`. Every step is timed.
 
 usage: scripts/measure_retrain.py [--photos DIR] [--data DIR] [--model FILE]
            [--corrections N] [--folds K] [--seed S] [--cache DIR]
+           [--retrain-arg=--steps=600 ...]
+With --folds 1 the corrections are drawn from the whole set; with more, each
+fold draws them from a random half and the other half is never corrected.
 The binary is target/release/instrument-detector (scripts/measure_retrain.sh builds it).
 """
 import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time
 
-BIN = os.path.abspath("target/release/instrument-detector")
+BIN = os.path.abspath(os.environ.get("INSTRUMENT_DETECTOR_BIN", "target/release/instrument-detector"))
 
 
 def run(*args, **kw):
@@ -54,7 +57,7 @@ def fold(args, k, seed, work):
     shutil.copytree(args.photos, lib)
     db = os.path.join(work, f"fold{k}", "library.db")
     model = ["--model", args.model] if args.model else []
-    daemon = subprocess.Popen([BIN, "watch", lib, "--db", db, "-q"], stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen([BIN, "watch", lib, "--db", db, "-q", *model], stderr=subprocess.DEVNULL)
     try:
         t0 = time.time()
         files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(lib) for f in fs)
@@ -73,17 +76,19 @@ def fold(args, k, seed, work):
         cmd = ["retrain", "--db", db, "--data", args.data, "--json"] + model
         if args.cache:
             cmd += ["--cache", args.cache]
+        cmd += args.retrain_arg
         report = json.loads(run(*cmd).stdout)
         t_retrained = time.time()
         before = rows
-        # The daemon swaps to current.onnx on its own (checked every 2 s);
-        # reclassify redoes what the old model classified.
-        run("reclassify", "--stale", "--db", db, *model)
+        # retrain put its model in use (<db>.models/current.onnx): a daemon
+        # started without --model swaps to it on its own; reclassify, given
+        # no --model, takes it and redoes what the old model classified.
+        run("reclassify", "--stale", "--db", db)
         after = results(db)
         t_done = time.time()
         untouched = [p for p in files if p not in set(chosen)]
         other_half = [p for p in files if p not in half]
-        models = {r["model"] for r in after.values()} if "model" in next(iter(after.values())) else set()
+        models = {r.get("model_sha256", "?")[:12] for r in after.values()}
         return {
             "fold": k,
             "seed": seed,
@@ -99,7 +104,9 @@ def fold(args, k, seed, work):
             "untouched_after": accuracy(after, untouched),
             "other_half_before": accuracy(before, other_half) if other_half else None,
             "other_half_after": accuracy(after, other_half) if other_half else None,
-            "corrected_shown": sum(1 for p in chosen if after[p]["label"] == truth(p)),
+            # What the new model itself answers on the corrected photos
+            # (`query` shows the correction there, whatever the model says).
+            "corrections_learnt": report["corrections_right_after"],
             "valid_before_after": (report["valid_right_before"], report["valid_right_after"], report["valid_photos"]),
             "features_computed": report["features_computed"],
             "feature_s": round(report["feature_seconds"], 1),
@@ -120,6 +127,7 @@ def main():
     ap.add_argument("--folds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cache", help="share the feature cache between folds")
+    ap.add_argument("--retrain-arg", action="append", default=[], help="passed on to retrain (repeatable)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="measure-retrain-")
     out = [fold(args, k, args.seed + k, work) for k in range(args.folds)]

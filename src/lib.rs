@@ -8,13 +8,15 @@
 //! - [`daemon`][]: watching, the pipeline, metrics;
 //! - [`store`][]: SQLite;
 //! - [`batch`][], [`output`][], [`report`][]: one-shot classification and its output;
-//! - [`retrain`][]: a library's model retrained on its corrections, and where it lives.
+//! - [`retrain`][], [`reclassify`][]: a library's model retrained on its
+//!   corrections, where it lives, and the library redone with it.
 
 pub use instrument_model::{calibration, engine, model, onnx, open_world, predict, preprocess, quantize};
 
 pub mod batch;
 pub mod daemon;
 pub mod output;
+pub mod reclassify;
 pub mod report;
 pub mod retrain;
 pub mod store;

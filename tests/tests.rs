@@ -21,4 +21,5 @@ mod quantize;
 mod reliability;
 mod reliability_fuzz;
 mod report;
+mod retrain;
 mod web_page;

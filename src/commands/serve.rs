@@ -3,7 +3,7 @@
 //! the daemon.
 
 use anyhow::Result;
-use instrument_detector::web::{self, UiConfig};
+use instrument_detector::web::{self, RetrainSetup, UiConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,9 @@ pub struct ServeArgs {
     db: PathBuf,
     #[command(flatten)]
     page: PageArgs,
+    /// The engine the page's retrain and reclassification run on.
+    #[command(flatten)]
+    model: crate::ModelArgs,
 }
 
 /// What `serve` and `watch --ui` share.
@@ -30,12 +33,34 @@ pub struct PageArgs {
     /// anyone who can reach it can browse and correct the library.
     #[arg(long)]
     allow_remote: bool,
+    /// The dataset the model was trained on (train/ and valid/, each
+    /// <label>/<photo>): turns on the page's "Retrain" button.
+    #[arg(long, value_name = "DIR")]
+    train_data: Option<PathBuf>,
 }
 
 impl PageArgs {
-    pub fn config(&self, addr: SocketAddr, db: PathBuf) -> UiConfig {
+    /// The page's configuration; `model` is how the daemon beside it was told
+    /// which model to run (`serve`: the library's own, as with no --model).
+    pub fn config(&self, addr: SocketAddr, db: PathBuf, model: &crate::ModelArgs) -> UiConfig {
         let thumbs = self.thumbs.clone().unwrap_or_else(|| UiConfig::thumbs_beside(&db));
-        UiConfig { addr, db, thumbs, allow_remote: self.allow_remote }
+        let retrain = match (&self.train_data, &model.model) {
+            (None, _) => Err("to retrain from this page, start it with --train-data DIR (the dataset the model \
+                              was trained on, e.g. ../shared/data/instruments)"
+                .to_string()),
+            (Some(_), Some(chosen)) => Err(format!(
+                "the daemon runs {}, chosen with --model; the page retrains the library's own model, which a \
+                 daemon started without --model uses",
+                chosen.display()
+            )),
+            (Some(data), None) => Ok(RetrainSetup {
+                data: data.clone(),
+                shipped: crate::commands::default_model_path(),
+                backend: model.backend,
+                engine: model.engine_options(),
+            }),
+        };
+        UiConfig { addr, db, thumbs, allow_remote: self.allow_remote, retrain }
     }
 }
 
@@ -43,7 +68,7 @@ pub fn run(a: ServeArgs) -> Result<ExitCode> {
     if !a.db.exists() {
         return Err(instrument_detector::store::StoreError::Missing(a.db.clone()).into());
     }
-    let cfg = a.page.config(a.addr, a.db);
+    let cfg = a.page.config(a.addr, a.db, &a.model);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let cancel = tokio_util::sync::CancellationToken::new();

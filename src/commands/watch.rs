@@ -80,7 +80,7 @@ pub fn run(a: WatchArgs) -> Result<ExitCode> {
         max_pixels: a.max_megapixels.saturating_mul(1_000_000),
         ..DecodeLimits::default()
     };
-    let ui = a.ui.map(|addr| a.page.config(addr, a.db.clone()));
+    let ui = a.ui.map(|addr| a.page.config(addr, a.db.clone(), &a.model));
     // With no --model, the library's retrained model wins once it has one.
     let retrained = a.model.model.is_none().then(|| instrument_detector::retrain::current(&a.db));
     let cfg = WatchConfig {

@@ -29,6 +29,7 @@ pub(super) struct Shared {
     cfg: UiConfig,
     /// The `Host` values this server answers to.
     hosts: Vec<String>,
+    retrain: super::retrain::Job,
 }
 
 impl Shared {
@@ -38,7 +39,8 @@ impl Shared {
         if bound.ip().is_loopback() {
             hosts.extend([format!("127.0.0.1:{port}"), format!("[::1]:{port}")]);
         }
-        Arc::new(Shared { cfg, hosts })
+        let retrain = super::retrain::Job::new(cfg.retrain.clone(), cfg.db.clone());
+        Arc::new(Shared { cfg, hosts, retrain })
     }
 
     fn open(&self) -> Result<Store, ApiError> {
@@ -54,6 +56,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/labels", get(labels))
         .route("/api/corrections", post(correct))
         .route("/api/corrections/withdraw", post(withdraw))
+        .route("/api/retrain", get(retrain_state).post(retrain_start))
         .route("/thumb/{hash}", get(thumb))
         .route("/preview/{hash}", get(preview))
         .layer(middleware::from_fn_with_state(shared.clone(), only_our_host))
@@ -119,7 +122,7 @@ async fn only_our_host(State(shared): State<Arc<Shared>>, request: Request, next
         let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
         let same_origin = origin.is_none_or(|o| o.strip_prefix("http://").is_some_and(|h| h == host));
         if !json || !same_origin {
-            return ApiError(StatusCode::FORBIDDEN, "corrections are accepted from this server's own page only".into())
+            return ApiError(StatusCode::FORBIDDEN, "changes are accepted from this server's own page only".into())
                 .into_response();
         }
     }
@@ -299,4 +302,18 @@ async fn preview(State(shared): State<Arc<Shared>>, UrlPath(hash): UrlPath<Strin
     })
     .await?;
     Ok(jpeg(bytes))
+}
+
+async fn retrain_state(State(shared): State<Arc<Shared>>) -> Json<super::retrain::JobState> {
+    Json(shared.retrain.state())
+}
+
+/// Starts a retrain; 409 while one runs, 422 when the page cannot retrain.
+async fn retrain_start(State(shared): State<Arc<Shared>>) -> Result<Json<super::retrain::JobState>, ApiError> {
+    if let Err(why) = shared.retrain.start() {
+        let status =
+            if shared.retrain.state().running { StatusCode::CONFLICT } else { StatusCode::UNPROCESSABLE_ENTITY };
+        return Err(ApiError(status, why));
+    }
+    Ok(Json(shared.retrain.state()))
 }

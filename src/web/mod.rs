@@ -3,7 +3,8 @@
 //! Served by `watch --ui ADDR` beside the daemon, or alone by `serve`. It is
 //! a reader of the database like `query` (each request opens its own
 //! read-only connection, so it never waits on the daemon's writer), plus the
-//! one write a person makes: a correction. The page is one static HTML file
+//! writes a person asks for: a correction, and a retrain on the corrections
+//! ([`retrain`]: one background job, whose progress the page polls). The page is one static HTML file
 //! ([`page.html`](page.html)) that asks the JSON API for one page of results
 //! at a time, by key, so 100,000 results cost what 60 do.
 //!
@@ -14,6 +15,9 @@
 //! cross-site form cannot send either).
 
 mod api;
+mod retrain;
+
+pub use retrain::RetrainSetup;
 
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -30,6 +34,8 @@ pub struct UiConfig {
     /// Serve on an address other than loopback (anyone who can reach it can
     /// read the library and correct it).
     pub allow_remote: bool,
+    /// What the "Retrain" button needs, or why it is off.
+    pub retrain: Result<RetrainSetup, String>,
 }
 
 impl UiConfig {

@@ -53,6 +53,13 @@ impl Setup {
         self.spawn_with_env(None, &self.dir, &self.db, &args, env)
     }
 
+    /// [`Setup::start`] without `--model`: the daemon runs the library's own
+    /// model (`<db>.models/current.onnx`, which the test puts there first).
+    pub fn start_on_library_model(&self, extra: &[&str]) -> Daemon {
+        let args: Vec<&str> = ["--settle-ms", "300", "--reconcile-secs", "2"].iter().chain(extra).copied().collect();
+        self.spawn_inner(None, &self.dir, &self.db, &args, &[], None)
+    }
+
     fn spawn_with_env(
         &self,
         wrapper: Option<&[&str]>,
@@ -60,6 +67,18 @@ impl Setup {
         db: &Path,
         args: &[&str],
         env: &[(&str, &str)],
+    ) -> Daemon {
+        self.spawn_inner(wrapper, dir, db, args, env, Some(&self.model))
+    }
+
+    fn spawn_inner(
+        &self,
+        wrapper: Option<&[&str]>,
+        dir: &Path,
+        db: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        model: Option<&Path>,
     ) -> Daemon {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -73,13 +92,11 @@ impl Setup {
             }
             None => Command::new(BIN),
         };
+        cmd.arg("watch").arg(dir).arg("--db").arg(db);
+        if let Some(model) = model {
+            cmd.arg("--model").arg(model);
+        }
         let child = cmd
-            .arg("watch")
-            .arg(dir)
-            .arg("--db")
-            .arg(db)
-            .arg("--model")
-            .arg(&self.model)
             .args(["--backend", "tract"])
             .args(args)
             .env("RUST_LOG", "instrument_detector=debug,instrument_model=debug")

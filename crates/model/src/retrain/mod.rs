@@ -378,3 +378,6 @@ fn check_parity(bytes: &[u8], job: &Retrain<'_>, heads: &Heads, head: &LinearHea
     }
     if largest > 1e-3 { Err(RetrainError::Parity { difference: largest }) } else { Ok(()) }
 }
+
+#[cfg(test)]
+mod tests;

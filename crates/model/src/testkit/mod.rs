@@ -85,6 +85,41 @@ pub fn open_world_color_model(size: u32) -> Vec<u8> {
     crate::onnx::encode(&g.build())
 }
 
+/// An open-world colour model laid out as `training` exports real ones, so
+/// that `retrain` can replace its head: the tensor `features` (the three
+/// channel means), our head `fc_weight`/`fc_bias`, and the ImageNet head
+/// `imagenet_fc_weight`/`imagenet_fc_bias` of [`open_world_color_model`].
+/// Its head makes one mistake on purpose: a blue picture is called green
+/// (the blue row is zero, and the green row answers blue too), so a
+/// correction has something to teach.
+pub fn retrainable_color_model(size: u32) -> Vec<u8> {
+    let mut g = GraphBuilder::new("color-retrainable");
+    let n = Dim::Named("N".into());
+    g.input("input", dtype::FLOAT, &[n.clone(), Dim::Fixed(3), Dim::Fixed(size as i64), Dim::Fixed(size as i64)]);
+    let pooled = g.node("GlobalAveragePool", &["input"], "pooled", vec![]);
+    let features = g.node("Flatten", &[&pooled], "features", vec![("axis", Attr::Int(1))]);
+    #[rustfmt::skip]
+    let own = [
+        10.0, 0.0, 0.0,     // red
+        -5.0, 10.0, 10.0,   // green, and blue by mistake
+        0.0, 0.0, 0.0,      // blue: knows nothing
+    ];
+    let w = g.constant_f32("fc_weight", &[3, 3], &own);
+    let b = g.constant_f32("fc_bias", &[3], &[0.0; 3]);
+    let logits = g.node("Gemm", &[&features, &w, &b], "logits", vec![("transB", Attr::Int(1))]);
+    #[rustfmt::skip]
+    let imagenet = [10.0, 0.0, 0.0,   0.0, 10.0, 0.0,   0.0, 0.0, 0.0,   -10.0, -10.0, -10.0];
+    let wi = g.constant_f32("imagenet_fc_weight", &[4, 3], &imagenet);
+    let bi = g.constant_f32("imagenet_fc_bias", &[4], &[0.0; 4]);
+    let imagenet = g.node("Gemm", &[&features, &wi, &bi], "imagenet_logits", vec![("transB", Attr::Int(1))]);
+    g.node("Concat", &[&logits, &imagenet], "scores", vec![("axis", Attr::Int(1))]);
+    g.output("scores", dtype::FLOAT, &[n, Dim::Fixed(7)]);
+    let mut spec = color_spec(size, &COLOR_LABELS.map(String::from), "color-retrainable-test");
+    spec.open_world = Some(open_world_color_description());
+    g.metadata_all(spec.to_metadata());
+    crate::onnx::encode(&g.build())
+}
+
 /// The open-world description of [`open_world_color_model`].
 pub fn open_world_color_description() -> crate::open_world::OpenWorld {
     crate::open_world::OpenWorld {
