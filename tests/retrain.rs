@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const DONE: &str = "SELECT count(*) FROM files WHERE status IN ('ok', 'error')";
 
 /// The dataset: train has no blue at all; valid has two of each colour.
-fn dataset(root: &Path) -> PathBuf {
+pub(crate) fn dataset(root: &Path) -> PathBuf {
     let data = root.join("dataset");
     for (split, photos, seed) in
         [("train", &[("red", 4), ("green", 4)][..], 1), ("valid", &[("red", 2), ("green", 2), ("blue", 2)], 50)]
@@ -31,7 +31,7 @@ fn dataset(root: &Path) -> PathBuf {
 }
 
 /// The library's models folder, with the retrainable model as the one in use.
-fn library_model(s: &Setup) -> PathBuf {
+pub(crate) fn library_model(s: &Setup) -> PathBuf {
     let current = s.tmp.path().join("results.db.models").join("current.onnx");
     std::fs::create_dir_all(current.parent().unwrap()).unwrap();
     std::fs::write(&current, testkit::retrainable_color_model(32)).unwrap();

@@ -233,3 +233,63 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn the_retrain_button_learns_the_corrections_and_the_page_shows_the_library_redone() {
+    let s = Setup::new();
+    let data = crate::retrain::dataset(s.tmp.path());
+    crate::retrain::library_model(&s);
+    for i in 0..4 {
+        s.write_image(&format!("blue-{i}.png"), "blue", ImageFormat::Png, 10 + i);
+    }
+    let data_arg = data.display().to_string();
+    // The toy head's weights are ~10, so it takes bigger steps than a real one.
+    let mut d = s.start_on_library_model(&[
+        "--ui",
+        "127.0.0.1:0",
+        "--train-data",
+        &data_arg,
+        "--retrain-learning-rate",
+        "0.05",
+        "--backend",
+        "tract",
+    ]);
+    let url = page_url(|| d.log());
+    wait_for(30, "4 rows", || s.count("SELECT count(*) FROM files WHERE status = 'ok'") == 4);
+    let Some(mut b) = browser(&s) else { return };
+    b.navigate(&url);
+    b.wait_for(20, "every result shown", "document.body.dataset.ready === '1' && document.body.dataset.shown === '4'");
+    let labels = "[...document.querySelectorAll('.card')].map(c => c.dataset.path.split('/').pop() + '=' + c.querySelector('.lab').textContent).sort().join(' ')";
+    assert_eq!(b.eval(labels), "blue-0.png=green blue-1.png=green blue-2.png=green blue-3.png=green");
+    assert_eq!(b.eval("document.getElementById('retrain').disabled"), false);
+
+    // Two corrections, made on the page.
+    for i in 0..2 {
+        let path = s.dir.join(format!("blue-{i}.png")).display().to_string();
+        b.eval(&format!("[...document.querySelectorAll('.card')].find(c => c.dataset.path === {path:?}).click()"));
+        b.wait_for(10, "the photo open", "document.getElementById('photo').open");
+        b.eval("document.getElementById('fix-label').value = 'blue'; document.getElementById('fix-save').click()");
+        b.wait_for(10, "the correction saved", "document.getElementById('message').textContent === 'saved: blue'");
+        b.eval("document.getElementById('photo').close()");
+        b.wait_for(10, "the grid again", "document.body.dataset.shown === '4'");
+    }
+    b.eval("document.getElementById('retrain').click()");
+    b.wait_for(10, "the job to start", "document.body.dataset.retrain === 'running'");
+    b.wait_for(120, "the job to end", "document.body.dataset.retrain !== 'running'");
+    let status = b.eval("document.getElementById('retrain-status').textContent");
+    assert_eq!(b.eval("document.body.dataset.retrain"), "done", "{status}");
+    let status = status.as_str().unwrap();
+    assert!(status.contains("retrained on 2 corrections") && status.contains("photos reclassified"), "{status}");
+    // The photos no one corrected are blue now, on the page and in the database.
+    b.wait_for(
+        20,
+        "the grid redone",
+        &format!("{labels} === 'blue-0.png=blue blue-1.png=blue blue-2.png=blue blue-3.png=blue'"),
+    );
+    b.screenshot(&screenshot_dir(&s).join("retrained.png"));
+    let rows = s.query(&["--label", "blue"]);
+    let three = s.dir.join("blue-3.png").display().to_string();
+    assert!(rows.iter().any(|r| r["path"] == three.as_str() && r["corrected"] == false), "{rows:?}");
+    assert!(b.problems.is_empty(), "the page reported problems: {:#?}", b.problems);
+    assert!(d.stop().success());
+}

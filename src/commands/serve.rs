@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use instrument_detector::web::{self, RetrainSetup, UiConfig};
+use instrument_model::retrain::FitSettings;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,12 @@ pub struct PageArgs {
     /// <label>/<photo>): turns on the page's "Retrain" button.
     #[arg(long, value_name = "DIR")]
     train_data: Option<PathBuf>,
+    /// The page's retrain: full-batch optimisation steps (as `retrain --steps`).
+    #[arg(long, default_value_t = FitSettings::default().steps, value_name = "N")]
+    retrain_steps: usize,
+    /// The page's retrain: its learning rate (as `retrain --learning-rate`).
+    #[arg(long, default_value_t = FitSettings::default().learning_rate, value_name = "LR")]
+    retrain_learning_rate: f32,
 }
 
 impl PageArgs {
@@ -58,6 +65,11 @@ impl PageArgs {
                 shipped: crate::commands::default_model_path(),
                 backend: model.backend,
                 engine: model.engine_options(),
+                settings: FitSettings {
+                    steps: self.retrain_steps,
+                    learning_rate: self.retrain_learning_rate,
+                    ..FitSettings::default()
+                },
             }),
         };
         UiConfig { addr, db, thumbs, allow_remote: self.allow_remote, retrain }

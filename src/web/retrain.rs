@@ -25,6 +25,7 @@ pub struct RetrainSetup {
     pub shipped: PathBuf,
     pub backend: BackendChoice,
     pub engine: EngineOptions,
+    pub settings: FitSettings,
 }
 
 /// Where the job is, as the page shows it.
@@ -101,7 +102,7 @@ fn run(setup: &RetrainSetup, db: &std::path::Path, state: &Mutex<JobState>) -> R
         base: library::model_for(None, db, setup.shipped.clone()),
         data: setup.data.clone(),
         out: None,
-        settings: FitSettings::default(),
+        settings: setup.settings,
         cache: None,
         backend: setup.backend,
         engine: setup.engine.clone(),
