@@ -14,7 +14,8 @@ usage: scripts/measure_retrain.py [--photos DIR] [--data DIR] [--model FILE]
            [--retrain-arg=--steps=600 ...]
 With --folds 1 the corrections are drawn from the whole set; with more, each
 fold draws them from a random half and the other half is never corrected.
-The binary is target/release/instrument-detector (scripts/measure_retrain.sh builds it).
+The binary is $INSTRUMENT_DETECTOR_BIN, or target/release/instrument-detector
+(`source scripts/env.sh && cargo build --release`).
 """
 import argparse, json, os, random, shutil, signal, subprocess, sys, tempfile, time
 
