@@ -4,6 +4,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use instrument_detector::engine::triton::TritonTarget;
 use instrument_detector::engine::{BackendChoice, EngineOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,8 +37,16 @@ pub struct ModelArgs {
     model: Option<PathBuf>,
     /// Inference backend. `auto` tries CUDA, then ONNX Runtime on the CPU, then
     /// tract, and logs why it stepped down; a named backend is that one or an error.
+    /// `triton` sends the preprocessed batches to a Triton server (--triton-url).
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
+    /// The Triton server's HTTP address, for --backend triton. Its model's
+    /// config must carry the sha256 of --model's file (parameter `model_sha256`).
+    #[arg(long, value_name = "URL")]
+    triton_url: Option<String>,
+    /// The model's name on the Triton server.
+    #[arg(long, value_name = "NAME", default_value = "instrument")]
+    triton_model: String,
     /// ONNX Runtime library (libonnxruntime.so.*). Default: $ORT_DYLIB_PATH,
     /// then the project's .venv (made by scripts/setup-python.sh).
     #[arg(long, value_name = "PATH")]
@@ -52,7 +61,8 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn engine_options(&self) -> EngineOptions {
-        EngineOptions { threads: self.threads, ort_lib: self.ort_lib.clone(), cuda_device: 0, ort_lanes: None }
+        let triton = self.triton_url.clone().map(|url| TritonTarget { url, model: self.triton_model.clone() });
+        EngineOptions { threads: self.threads, ort_lib: self.ort_lib.clone(), cuda_device: 0, ort_lanes: None, triton }
     }
     fn model_path(&self) -> PathBuf {
         self.model.clone().unwrap_or_else(commands::default_model_path)

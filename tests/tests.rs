@@ -22,4 +22,5 @@ mod reliability;
 mod reliability_fuzz;
 mod report;
 mod retrain;
+mod triton;
 mod web_page;

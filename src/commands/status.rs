@@ -68,5 +68,8 @@ pub fn run(a: StatusArgs) -> Result<ExitCode> {
         "  speed    {} batches, mean batch {:.1}, decode {:.1} ms/image, inference {:.1} ms/batch",
         r.batches, r.mean_batch_size, r.mean_decode_ms, r.mean_inference_ms_per_batch
     )?;
+    if r.inference_server_unreachable {
+        writeln!(out, "  server   the inference server is not answering: photos wait for it")?;
+    }
     Ok(ExitCode::SUCCESS)
 }

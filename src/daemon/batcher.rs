@@ -24,6 +24,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// The first and the longest wait before a batch goes again to a server
+/// that did not answer.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_LAST: Duration = Duration::from_secs(5);
+
 /// A decoded image on its way to the engine.
 pub(crate) struct Job {
     pub(crate) path: PathBuf,
@@ -75,6 +80,48 @@ pub(crate) fn run(mut b: Batcher, jobs: Receiver<Job>, writes: Sender<Vec<Item>>
 }
 
 impl Batcher {
+    /// Runs the engine on `input`. A server that does not answer is not the
+    /// photos' fault: the batch waits (with backoff) and is sent again, said
+    /// once when the server goes and once when it is back. `None` if the
+    /// daemon stops meanwhile (the photos have no row, so the next start's
+    /// scan finds them).
+    fn run_waiting_for_the_server(
+        &mut self,
+        input: ndarray::ArrayView4<'_, f32>,
+    ) -> Option<Result<ndarray::Array2<f32>, EngineError>> {
+        let mut wait = RETRY_FIRST;
+        let mut down_since = None;
+        loop {
+            match self.engine.run(input) {
+                Err(EngineError::Unreachable { reason, .. }) => {
+                    if self.shared.health.stopping() {
+                        return None;
+                    }
+                    if down_since.is_none() {
+                        tracing::error!(
+                            "the inference server is unreachable ({reason}); the photos wait, and are sent again \
+                             until it answers"
+                        );
+                        down_since = Some(Instant::now());
+                    }
+                    self.shared.stats.set_server_down(true);
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(RETRY_LAST);
+                }
+                answered => {
+                    if let Some(since) = down_since {
+                        tracing::info!(
+                            "the inference server answers again after {:.1} s",
+                            since.elapsed().as_secs_f64()
+                        );
+                        self.shared.stats.set_server_down(false);
+                    }
+                    return Some(answered);
+                }
+            }
+        }
+    }
+
     fn switch(&mut self, (model, engine): ModelSwap) {
         tracing::info!(model = %model.path.display(), sha256 = &model.sha256[..12], backend = %engine.backend(), "switched to the new model");
         self.shared.model.set(model.clone(), engine.backend());
@@ -136,9 +183,18 @@ impl Batcher {
         let started = Instant::now();
         let result = match ndarray::Array4::from_shape_vec((n, 3, size, size), flat) {
             Ok(input) => {
-                let result = self.engine.run(input.view());
+                let result = self.run_waiting_for_the_server(input.view());
                 self.spare = input.into_raw_vec_and_offset().0;
-                result
+                match result {
+                    Some(result) => result,
+                    None => {
+                        tracing::warn!(
+                            "stopping while the inference server is unreachable: {n} photos are left without a \
+                             row, and are classified at the next start"
+                        );
+                        return Vec::new();
+                    }
+                }
             }
             // Cannot happen (every tensor was made for this model); if it did,
             // the files get error rows instead of being dropped.

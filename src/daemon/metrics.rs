@@ -36,6 +36,8 @@ pub(crate) struct Stats {
     pub(crate) resettled: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) errors: Mutex<BTreeMap<FailureKind, u64>>,
+    /// A remote inference server is not answering; batches wait for it.
+    pub(crate) server_unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Stats {
@@ -54,11 +56,16 @@ impl Default for Stats {
             resettled: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            server_unreachable: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
 
 impl Stats {
+    pub(crate) fn set_server_down(&self, down: bool) {
+        self.server_unreachable.store(down, Ordering::Relaxed);
+    }
+
     pub(crate) fn observe_decode(&self, took: Duration) {
         self.decode_seconds.observe(took.as_secs_f64());
     }
@@ -166,6 +173,10 @@ pub struct StatusReport {
     pub mean_batch_size: f64,
     pub mean_decode_ms: f64,
     pub mean_inference_ms_per_batch: f64,
+    /// The inference server (`--backend triton`) is not answering; the
+    /// photos wait for it.
+    #[serde(default)]
+    pub inference_server_unreachable: bool,
 }
 
 /// Everything the reporters need, shared with the daemon.
@@ -222,6 +233,7 @@ impl Monitor {
             mean_batch_size: s.batch_sizes.mean(),
             mean_decode_ms: s.decode_seconds.mean() * 1e3,
             mean_inference_ms_per_batch: s.infer_seconds.mean() * 1e3,
+            inference_server_unreachable: s.server_unreachable.load(Ordering::Relaxed),
         }
     }
 
@@ -264,6 +276,11 @@ impl Monitor {
         ] {
             let _ = writeln!(out, "instrument_detector_queue_depth{{queue=\"{q}\"}} {v}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP instrument_detector_inference_server_unreachable 1 while the remote inference server does not answer.\n# TYPE instrument_detector_inference_server_unreachable gauge\ninstrument_detector_inference_server_unreachable {}",
+            u8::from(r.inference_server_unreachable)
+        );
         s.batch_sizes.render("instrument_detector_batch_size", "Images per inference batch.", &mut out);
         s.decode_seconds.render(
             "instrument_detector_decode_seconds",

@@ -28,6 +28,11 @@ impl Health {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The daemon is stopping (a signal, or a stage failed).
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
     pub(crate) fn fail(&self, stage: &str, why: &str) {
         let message = format!("the {stage} stage panicked: {why}");
         tracing::error!("{message}; stopping the daemon (uncommitted files are redone at the next start)");

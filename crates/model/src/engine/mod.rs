@@ -12,6 +12,7 @@
 
 pub mod ort_backend;
 pub(crate) mod tract_backend;
+pub mod triton;
 
 use crate::model::LoadedModel;
 use ndarray::{Array2, ArrayView4};
@@ -24,6 +25,8 @@ pub enum Backend {
     Cuda,
     OrtCpu,
     Tract,
+    /// A Triton Inference Server, over the network.
+    Triton,
 }
 
 impl Backend {
@@ -32,6 +35,7 @@ impl Backend {
             Backend::Cuda => "cuda",
             Backend::OrtCpu => "ort-cpu",
             Backend::Tract => "tract",
+            Backend::Triton => "triton",
         }
     }
 }
@@ -54,6 +58,9 @@ pub enum BackendChoice {
     OrtCpu,
     /// tract, the pure-Rust engine (slower, always available).
     Tract,
+    /// A Triton Inference Server (`--triton-url`, `--triton-model`), or an
+    /// error; never chosen by `auto`.
+    Triton,
 }
 
 /// Settings shared by the backends.
@@ -69,6 +76,8 @@ pub struct EngineOptions {
     /// `ort_backend::OrtClassifier`); `None`: `INSTRUMENT_DETECTOR_ORT_LANES`
     /// if set, else one per thread. 1 is one session with `threads` threads.
     pub ort_lanes: Option<usize>,
+    /// The server for `--backend triton`.
+    pub triton: Option<triton::TritonTarget>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +88,10 @@ pub enum EngineError {
     Model { backend: Backend, reason: String },
     #[error("{backend} inference failed: {reason}")]
     Inference { backend: Backend, reason: String },
+    /// A server that did not answer: the batch is not at fault, and may be
+    /// sent again once it is back.
+    #[error("{backend} server unreachable: {reason}")]
+    Unreachable { backend: Backend, reason: String },
 }
 
 /// One loaded model on one backend.
@@ -143,6 +156,7 @@ pub fn open(
         BackendChoice::Cuda => &[Backend::Cuda],
         BackendChoice::OrtCpu => &[Backend::OrtCpu],
         BackendChoice::Tract => &[Backend::Tract],
+        BackendChoice::Triton => &[Backend::Triton],
     };
     let mut fallbacks = Vec::new();
     let mut last_err = None;
@@ -257,5 +271,13 @@ fn open_one(
         Backend::Tract => Ok(Box::new(tract_backend::TractClassifier::new(model, options)?)),
         Backend::OrtCpu => Ok(Box::new(ort_backend::OrtClassifier::new(model, options, false)?)),
         Backend::Cuda => Ok(Box::new(ort_backend::OrtClassifier::new(model, options, true)?)),
+        Backend::Triton => match &options.triton {
+            Some(target) => Ok(Box::new(triton::TritonClassifier::new(model, target)?)),
+            None => Err(EngineError::Unavailable {
+                backend: Backend::Triton,
+                reason: "--backend triton needs --triton-url (the server's HTTP address, e.g. http://127.0.0.1:8000)"
+                    .into(),
+            }),
+        },
     }
 }
