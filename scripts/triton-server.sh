@@ -9,6 +9,7 @@
 #       writes the server's PID to DIR/pid. The model's name is "instrument";
 #       its config carries parameters.model_sha256 (the file's sha256), which
 #       the daemon checks. Give HTTP_PORT to restart on the same address.
+#       TRITON_INSTANCES=N runs N model instances (default 1), each one thread.
 #   scripts/triton-server.sh stop DIR
 #       stops it by its PID (SIGTERM, then SIGKILL after 15 s) and waits.
 #
@@ -49,7 +50,7 @@ start() {
   cp "$sp/pytriton/tritonserver/python_backend_stubs/$pyver/triton_python_backend_stub" "$dir/backends/python/"
   cp "$model" "$dir/repo/instrument/1/model.onnx"
   "$VENV/bin/python" - "$model" "$dir/repo/instrument" <<'PY'
-import hashlib, json, sys, onnxruntime as ort
+import hashlib, json, os, sys, onnxruntime as ort
 model, out = sys.argv[1], sys.argv[2]
 session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 meta = session.get_modelmeta().custom_metadata_map
@@ -63,7 +64,7 @@ max_batch_size: 64
 input [ {{ name: "{session.get_inputs()[0].name}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]
 output [ {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+instance_group [ {{ kind: KIND_CPU count: {os.environ.get("TRITON_INSTANCES", "1")} }} ]
 parameters: {{ key: "model_sha256" value: {{ string_value: "{sha}" }} }}
 """)
 PY

@@ -33,6 +33,8 @@ const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 /// The batch the daemon sends when the server allows it; the server's
 /// dynamic batcher merges batches from several daemons.
 const PREFERRED_BATCH: usize = 16;
+/// The most requests one daemon keeps in flight.
+const MAX_IN_FLIGHT: usize = 8;
 
 /// Where the server is and which of its models to use (`--triton-url`, `--triton-model`).
 #[derive(Debug, Clone)]
@@ -42,12 +44,17 @@ pub struct TritonTarget {
     pub model: String,
 }
 
+#[derive(Clone)]
 pub(crate) struct TritonClassifier {
+    /// Shared by the pieces of a split (it pools their connections).
     agent: ureq::Agent,
     infer_url: String,
     input: String,
     output: String,
     batch: usize,
+    /// Requests to keep in flight: one per model instance on the server, and
+    /// at least two, so one batch travels while another is computed.
+    in_flight: usize,
 }
 
 impl TritonClassifier {
@@ -69,7 +76,12 @@ impl TritonClassifier {
         };
         let max_batch = config["max_batch_size"].as_u64().unwrap_or(0) as usize;
         let batch = if max_batch == 0 { 1 } else { max_batch.min(PREFERRED_BATCH) };
-        Ok(TritonClassifier { agent, infer_url: format!("{base}/infer"), input, output, batch })
+        let instances: u64 = config["instance_group"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|i| i["count"].as_u64()).sum())
+            .unwrap_or(1);
+        let in_flight = (instances as usize).clamp(2, MAX_IN_FLIGHT);
+        Ok(TritonClassifier { agent, infer_url: format!("{base}/infer"), input, output, batch, in_flight })
     }
 
     /// The request body: the JSON header, then the tensor's bytes.
@@ -135,10 +147,11 @@ impl Classifier for TritonClassifier {
         decode_output(&bytes, header_len, rows)
     }
 
-    /// Pieces share nothing but the server: each batcher keeps one request
-    /// in flight, so k batchers hide the network's latency.
+    /// The daemon gives each piece a batcher, and each batcher keeps one
+    /// request in flight: k pieces keep the server's k instances busy and
+    /// hide the network's latency.
     fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
-        vec![self]
+        (0..self.in_flight).map(|_| Box::new((*self).clone()) as Box<dyn Classifier>).collect()
     }
 }
 
