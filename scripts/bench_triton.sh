@@ -19,9 +19,9 @@ MODEL=${MODEL:-$ROOT/models/instrument-lite2.onnx}
 PY=$ROOT/.venv/bin/python
 BIN=$ROOT/target/release/instrument-detector
 WORK=$(mktemp -d /tmp/bench-triton.XXXXXX)
+trap 'scripts/triton-server.sh stop "$WORK/server" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 source scripts/env.sh
 [[ ${BENCH_BUILD:-1} == 1 ]] && cargo build --release --quiet
-trap 'scripts/triton-server.sh stop "$WORK/server" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 echo "== $(date -u +%FT%TZ) $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); model $(basename "$MODEL") ($(sha256sum "$MODEL" | cut -c1-12)); images $IMAGES"
 # One model instance per core, as the daemon's own ORT runs one session per core.
 URL=$(TRITON_INSTANCES=${TRITON_INSTANCES:-$(nproc)} scripts/triton-server.sh start "$MODEL" "$WORK/server")

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for whoever has an NVIDIA GPU: one prepared run that prints
-# one summary table. Under 10 minutes on one GPU once the binaries are built.
+# one summary table. Under 10 minutes on one GPU once the binaries are built
+# (each step has its own time limit: 12 minutes together, plus at most 5 for
+# the pip install).
 #
 #   scripts/gpu-check.sh            (from the repository root)
 #
@@ -16,8 +18,9 @@
 #   6. two epochs of the `training` binary on CUDA (needs torch with CUDA in
 #      .venv, the Lite0 weights, and cargo to build it).
 #
-# Photos: DATA (a folder with valid/ and test/, each <label>/<photo>; the
-# checks use valid/, the training step learns from valid/ and validates on test/),
+# Photos: DATA (a folder with valid/, each <label>/<photo>; every check
+# uses valid/, and the training step learns and validates on it too: a check
+# of the CUDA path, not a model),
 # default ../shared/data/instruments, else gpu-data/ in the repository (copy
 # the dataset's test and valid splits there to carry them to a machine without
 # ../shared). MODEL: default models/instrument-lite2.onnx. Writes its files
@@ -73,8 +76,8 @@ if [ "${REHEARSE:-0}" = 1 ]; then
   SITE=$(ls -d "$ROOT"/.venv/lib/python3*/site-packages | head -1)
 elif ! SITE=$(ort_gpu_site); then
   echo "installing onnxruntime-gpu into .venv-gpu..."
-  python3 -m venv "$ROOT/.venv-gpu" && "$ROOT/.venv-gpu/bin/pip" install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1" >"$OUT/pip.log" 2>&1 \
-    || "$ROOT/.venv-gpu/bin/pip" install -q "onnxruntime-gpu==1.31.1" >>"$OUT/pip.log" 2>&1
+  python3 -m venv "$ROOT/.venv-gpu" && timeout 300 "$ROOT/.venv-gpu/bin/pip" install -q "onnxruntime-gpu[cuda,cudnn]==1.31.1" >"$OUT/pip.log" 2>&1 \
+    || timeout 300 "$ROOT/.venv-gpu/bin/pip" install -q "onnxruntime-gpu==1.31.1" >>"$OUT/pip.log" 2>&1
   SITE=$(ort_gpu_site) || SITE=
 fi
 if [ -z "$SITE" ]; then
@@ -111,8 +114,8 @@ if [ -z "$DATA" ]; then
 fi
 
 # 3. classify: cuda against ort-cpu.
-if timeout 300 "$BIN" -q classify --model "$MODEL" --backend $GPU_BACKEND --ort-lib "$ORT_GPU_LIB" --json --top 5 "$DATA/valid" >"$OUT/cuda.jsonl" 2>"$OUT/cuda.err" \
-  && timeout 300 "$BIN" -q classify --model "$MODEL" --backend ort-cpu --ort-lib "$CPU_LIB" --json --top 5 "$DATA/valid" >"$OUT/cpu.jsonl" 2>"$OUT/cpu.err"; then
+if timeout 90 "$BIN" -q classify --model "$MODEL" --backend $GPU_BACKEND --ort-lib "$ORT_GPU_LIB" --json --top 5 "$DATA/valid" >"$OUT/cuda.jsonl" 2>"$OUT/cuda.err" \
+  && timeout 90 "$BIN" -q classify --model "$MODEL" --backend ort-cpu --ort-lib "$CPU_LIB" --json --top 5 "$DATA/valid" >"$OUT/cpu.jsonl" 2>"$OUT/cpu.err"; then
   CMP=$(python3 - "$OUT/cuda.jsonl" "$OUT/cpu.jsonl" "$GPU_BACKEND" <<'PY'
 import json, sys
 g = {r["path"]: r for r in map(json.loads, open(sys.argv[1]))}
@@ -131,8 +134,8 @@ fi
 
 # 4. evaluate on both.
 acc() { grep -m1 -o 'accuracy [0-9.]*% ([0-9/]*)' "$1"; }
-if timeout 300 "$BIN" -q evaluate "$DATA/valid" --model "$MODEL" --backend $GPU_BACKEND --ort-lib "$ORT_GPU_LIB" >"$OUT/eval-cuda.txt" 2>&1 \
-  && timeout 300 "$BIN" -q evaluate "$DATA/valid" --model "$MODEL" --backend ort-cpu --ort-lib "$CPU_LIB" >"$OUT/eval-cpu.txt" 2>&1; then
+if timeout 90 "$BIN" -q evaluate "$DATA/valid" --model "$MODEL" --backend $GPU_BACKEND --ort-lib "$ORT_GPU_LIB" >"$OUT/eval-cuda.txt" 2>&1 \
+  && timeout 90 "$BIN" -q evaluate "$DATA/valid" --model "$MODEL" --backend ort-cpu --ort-lib "$CPU_LIB" >"$OUT/eval-cpu.txt" 2>&1; then
   A=$(acc "$OUT/eval-cuda.txt"); B=$(acc "$OUT/eval-cpu.txt")
   [ "$A" = "$B" ] && row "evaluate valid, cuda vs ort-cpu" ok "cuda: $A; ort-cpu: $B" || row "evaluate valid, cuda vs ort-cpu" FAIL "cuda: $A; ort-cpu: $B"
 else
@@ -143,7 +146,8 @@ fi
 PY=$(command -v python3)
 for be in cuda ort-cpu; do
   lib=$ORT_GPU_LIB; run_as=$GPU_BACKEND; [ $be = ort-cpu ] && lib=$CPU_LIB && run_as=ort-cpu
-  if R=$(timeout 300 "$PY" scripts/bench_e2e.py --bin "$BIN" --model "$MODEL" --images "$DATA/valid" --backend $run_as \
+  # SIGINT, not TERM: bench_e2e.py then stops the daemon it started.
+  if R=$(timeout -s INT 90 "$PY" scripts/bench_e2e.py --bin "$BIN" --model "$MODEL" --images "$DATA/valid" --backend $run_as \
       --label "daemon_$be" --settle-ms 200 --extra "--ort-lib $lib" 2>"$OUT/e2e-$be.err"); then
     row "daemon end to end, $be" ok "$(echo "$R" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%s photos, %s img/s, p50 %s ms, RSS %d MB" % (r["images"], r["images_per_s"], r["latency_ms_p50"], r["peak_rss_kb"] // 1024))')"
   else
@@ -168,7 +172,7 @@ else
   T=$OUT/train-data; rm -rf "$T"; mkdir -p "$T"
   ln -s "$(realpath "$DATA/valid")" "$T/train"; ln -s "$(realpath "$DATA/valid")" "$T/valid"; ln -s "$(realpath "$DATA/valid")" "$T/test"
   START=$(date +%s)
-  if (source scripts/env.sh && timeout 480 "$TRAINING" train --data "$T" --arch efficientnet-lite0 --pretrained "$WEIGHTS" \
+  if (source scripts/env.sh && timeout -s INT 180 "$TRAINING" train --data "$T" --arch efficientnet-lite0 --pretrained "$WEIGHTS" \
       --epochs 2 --device "$TRAIN_DEVICE" --out "$OUT/run") >"$OUT/training.log" 2>&1; then
     DEVICE=$(grep -o -m1 'device [A-Za-z]*[^;]*' "$OUT/training.log")
     EPOCH=$(grep -m1 -o 'epoch  2/2.*' "$OUT/training.log" | grep -o '[0-9.]* img/s')

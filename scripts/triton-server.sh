@@ -9,7 +9,8 @@
 #       writes the server's PID to DIR/pid. The model's name is "instrument";
 #       its config carries parameters.model_sha256 (the file's sha256), which
 #       the daemon checks. Give HTTP_PORT to restart on the same address.
-#       TRITON_INSTANCES=N runs N model instances (default 1), each one thread.
+#       TRITON_INSTANCES=N runs N model instances (default 1), each one thread;
+#       TRITON_MAX_BATCH=N sets the model's max_batch_size (default 64).
 #   scripts/triton-server.sh stop DIR
 #       stops it by its PID (SIGTERM, then SIGKILL after 15 s) and waits.
 #
@@ -31,6 +32,7 @@ stop() {
     sleep 0.25
   done
   kill -KILL "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   rm -f "$dir/pid"
 }
 
@@ -60,7 +62,7 @@ width = o.shape[1]
 sha = hashlib.sha256(open(model, "rb").read()).hexdigest()
 open(f"{out}/config.pbtxt", "w").write(f"""name: "instrument"
 backend: "python"
-max_batch_size: 64
+max_batch_size: {os.environ.get("TRITON_MAX_BATCH", "64")}
 input [ {{ name: "{session.get_inputs()[0].name}" data_type: TYPE_FP32 dims: [ 3, {size}, {size} ] }} ]
 output [ {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {width} ] }} ]
 dynamic_batching {{ max_queue_delay_microseconds: 2000 }}
@@ -95,16 +97,19 @@ PY
   [ -n "$port" ] || port=$(free_port)
   local grpc
   grpc=$(free_port)
-  # setsid: its own process group, so the caller's Ctrl-C does not reach it
-  # and `stop` is the one way it ends.
-  PATH="$VENV/bin:$PATH" LD_LIBRARY_PATH="$pylib:$sp/nvidia_pytriton.libs" setsid \
-    "$sp/pytriton/tritonserver/bin/tritonserver" --model-repository="$dir/repo" --backend-directory="$dir/backends" \
+  # setsid: its own session, so the caller's Ctrl-C does not reach it and
+  # `stop` is the one way it ends. The pid file is written by the process
+  # that then becomes tritonserver (setsid may fork, so $! is not it).
+  rm -f "$dir/pid"
+  PATH="$VENV/bin:$PATH" LD_LIBRARY_PATH="$pylib:$sp/nvidia_pytriton.libs" setsid sh -c 'echo $$ > "$0/pid"; shift; exec "$@"' \
+    "$dir" - "$sp/pytriton/tritonserver/bin/tritonserver" --model-repository="$dir/repo" --backend-directory="$dir/backends" \
     --http-address=127.0.0.1 --http-port="$port" --grpc-address=127.0.0.1 --grpc-port="$grpc" \
     --allow-metrics=false --exit-timeout-secs=5 >"$dir/server.log" 2>&1 < /dev/null &
-  echo $! > "$dir/pid"
-  # /v2/health/ready answers before the model is loaded: wait for the model.
-  for _ in $(seq 1 240); do
-    if "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+  for _ in $(seq 1 50); do [ -s "$dir/pid" ] && break; sleep 0.1; done
+  # /v2/health/ready answers before the model is loaded: wait for the model
+  # (about 60 s at most: each look waits at most 0.25 s more).
+  for _ in $(seq 1 120); do
+    if "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=0.25)' \
         "http://127.0.0.1:$port/v2/models/instrument/ready" 2>/dev/null; then
       echo "http://127.0.0.1:$port"
       return 0

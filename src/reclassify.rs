@@ -96,10 +96,12 @@ pub fn run(
         }
         // Written as it goes, so a long run shows progress and a crash loses little.
         if pending.len() >= 256 || seen == total {
-            if let Err(e) = store.commit(&pending) {
-                outcome.get_or_insert(e);
+            match store.commit(&pending) {
+                Ok(()) => done.reclassified += pending.len(),
+                Err(e) => {
+                    outcome.get_or_insert(e);
+                }
             }
-            done.reclassified += pending.len();
             pending.clear();
             progress(seen, total);
         }

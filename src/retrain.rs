@@ -51,6 +51,8 @@ pub enum RetrainError {
     NoCorrections,
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("another retrain of this library is running (lock file {0} is held); wait for it to finish")]
+    Busy(PathBuf),
     #[error(
         "refused: the new model gets {after} of the {total} valid photos right, the model in use {before} (more than one fewer); it is kept as {kept} and not used"
     )]
@@ -85,6 +87,9 @@ pub struct Retrained {
 
 /// Gathers the corrections, fits, guards, and writes (or installs) the new model.
 pub fn run(job: &LibraryRetrain, progress: &mut dyn FnMut(Progress)) -> Result<Retrained, RetrainError> {
+    // One retrain per library at a time (the page's and the command's, or two
+    // pages'): they share the feature cache and `current.onnx`.
+    let _lock = lock(&job.db)?;
     let base = LoadedModel::load(&job.base)?;
     let store = Store::open_ro(&job.db)?;
     let (corrections, skipped) = corrected_photos(&store, &base.spec.labels)?;
@@ -99,7 +104,7 @@ pub fn run(job: &LibraryRetrain, progress: &mut dyn FnMut(Progress)) -> Result<R
         corrections,
         settings: job.settings,
         cache_dir: job.cache.clone().unwrap_or_else(|| folder(&job.db).join("features")),
-        backend: job.backend,
+        backend: local(job.backend),
         engine: job.engine.clone(),
     };
     let made = fit::retrain(retrain, progress)?;
@@ -149,14 +154,37 @@ fn corrected_photos(store: &Store, labels: &[String]) -> Result<(Vec<Example>, V
     Ok((photos, skipped))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
-    let write = |source| RetrainError::Write { path: path.to_path_buf(), source };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(write)?;
+/// The engine a retrain runs the backbone on: never a Triton server, which
+/// serves the whole model under its own sha256, not the cut backbone.
+pub fn local(backend: crate::engine::BackendChoice) -> crate::engine::BackendChoice {
+    match backend {
+        crate::engine::BackendChoice::Triton => crate::engine::BackendChoice::Auto,
+        other => other,
     }
-    let tmp = path.with_extension("onnx.partial");
-    std::fs::write(&tmp, bytes).map_err(write)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(write)?;
-    std::fs::rename(&tmp, path).map_err(write)
+}
+
+/// Holds `<db>.models/retrain.lock` while it lives.
+fn lock(db: &Path) -> Result<std::fs::File, RetrainError> {
+    let path = folder(db).join("retrain.lock");
+    let write = |source| RetrainError::Write { path: path.clone(), source };
+    std::fs::create_dir_all(folder(db)).map_err(write)?;
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(write)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(RetrainError::Busy(path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(write(e)),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file of its own beside it
+/// and a rename.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RetrainError> {
+    use std::io::Write;
+    let write = |source| RetrainError::Write { path: path.to_path_buf(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(write)?;
+    tmp.write_all(bytes).and_then(|()| tmp.as_file().sync_all()).map_err(write)?;
+    tmp.persist(path).map_err(|e| write(e.error))?;
+    Ok(())
 }

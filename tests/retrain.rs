@@ -165,3 +165,25 @@ fn a_model_that_is_not_retrainable_is_refused_with_the_reason() {
     let (ok, _, stderr) = run(&s, &["retrain", "--data", &data_arg, "--backend", "tract", "--model", &model]);
     assert!(!ok && stderr.contains("cannot be retrained") && stderr.contains("'features'"), "{stderr}");
 }
+
+#[test]
+fn a_second_retrain_of_the_same_library_waits_its_turn_with_a_clear_refusal() {
+    let s = Setup::new();
+    let data = dataset(s.tmp.path());
+    let current = library_model(&s);
+    s.write_image("blue.png", "blue", ImageFormat::Png, 1);
+    let mut d = s.start_on_library_model(&[]);
+    wait_for(30, "1 row", || s.count(DONE) == 1);
+    assert!(d.stop().success());
+    let p = s.dir.join("blue.png").display().to_string();
+    assert!(run(&s, &["correct", &p, "blue"]).0);
+    // Another retrain (the page's, say) holds the library's retrain lock.
+    let lock = std::fs::File::create(current.parent().unwrap().join("retrain.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let data_arg = data.display().to_string();
+    let (ok, _, stderr) = run(&s, &["retrain", "--data", &data_arg, "--backend", "tract"]);
+    assert!(!ok && stderr.contains("another retrain of this library is running"), "{stderr}");
+    drop(lock);
+    let (ok, _, stderr) = run(&s, &["retrain", "--data", &data_arg, "--backend", "tract", "--learning-rate", "0.05"]);
+    assert!(ok, "once it is free: {stderr}");
+}

@@ -1,7 +1,8 @@
 //! `--backend triton` against a real Triton Inference Server (2.51, from the
 //! PyPI wheel, on the CPU, bound to 127.0.0.1), started and stopped by PID
 //! through `scripts/triton-server.sh`: the same answers as ONNX Runtime on
-//! the CPU; a server that runs another model is refused; a server stopped and
+//! the CPU, also when a batch is larger than the server takes; a server that
+//! runs another model is refused; a server stopped and
 //! started again in the middle of a burst loses no photo and writes no error.
 //!
 //! The server's venv is made by `scripts/setup-triton.sh` (the README's test
@@ -24,6 +25,10 @@ impl Server {
     /// Starts one serving `model`, on `port` if given; `None` (after saying
     /// why, which fails under CI) when the venv is missing.
     fn start(model: &Path, dir: &Path, port: Option<&str>) -> Option<Server> {
+        Server::start_with(model, dir, port, &[])
+    }
+
+    fn start_with(model: &Path, dir: &Path, port: Option<&str>, env: &[(&str, &str)]) -> Option<Server> {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-triton/bin/python");
         if std::env::var_os("TRITON_VENV").is_none() && !venv.exists() {
             skip_or_fail_in_ci("the Triton tests: no .venv-triton (run scripts/setup-triton.sh)");
@@ -32,6 +37,7 @@ impl Server {
         let mut cmd = Command::new(SCRIPT);
         cmd.arg("start").arg(model).arg(dir);
         cmd.args(port);
+        cmd.envs(env.iter().copied());
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "the server did not start: {}", String::from_utf8_lossy(&out.stderr));
         let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -76,8 +82,13 @@ fn triton_answers_as_onnx_runtime_does_and_refuses_a_server_running_another_mode
     let paths: Vec<PathBuf> = (0..12)
         .map(|i| s.write_image(&format!("p{i}.png"), ["red", "green", "blue"][i % 3], ImageFormat::Png, i as u32))
         .collect();
-    let Some(server) = Server::start(&s.model, &s.tmp.path().join("triton"), None) else { return };
-    let remote = classify(&s, &s.model, &["--backend", "triton", "--triton-url", &server.url], &paths);
+    // A server that takes at most 5 photos a request: the batch of 12 goes in pieces.
+    let Some(server) = Server::start_with(&s.model, &s.tmp.path().join("triton"), None, &[("TRITON_MAX_BATCH", "5")])
+    else {
+        return;
+    };
+    let remote =
+        classify(&s, &s.model, &["--backend", "triton", "--triton-url", &server.url, "--batch-size", "12"], &paths);
     let local = classify(&s, &s.model, &["--backend", "ort-cpu"], &paths);
     assert_eq!(remote.len(), 12);
     for (r, l) in remote.iter().zip(&local) {

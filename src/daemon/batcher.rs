@@ -92,6 +92,13 @@ impl Batcher {
         let mut wait = RETRY_FIRST;
         let mut down_since = None;
         loop {
+            // Once it is known to be away (by any batcher), a stopping daemon
+            // does not wait on it again: each try may take the request's
+            // whole timeout.
+            let known_away = self.shared.stats.server_unreachable.load(Ordering::Relaxed);
+            if known_away && self.shared.health.stopping() {
+                return None;
+            }
             match self.engine.run(input) {
                 Err(EngineError::Unreachable { reason, .. }) => {
                     if self.shared.health.stopping() {
@@ -105,7 +112,7 @@ impl Batcher {
                         down_since = Some(Instant::now());
                     }
                     self.shared.stats.set_server_down(true);
-                    std::thread::sleep(wait);
+                    self.pause(wait);
                     wait = (wait * 2).min(RETRY_LAST);
                 }
                 answered => {
@@ -119,6 +126,14 @@ impl Batcher {
                     return Some(answered);
                 }
             }
+        }
+    }
+
+    /// Sleeps `wait`, or less if the daemon starts stopping meanwhile.
+    fn pause(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while Instant::now() < until && !self.shared.health.stopping() {
+            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
         }
     }
 

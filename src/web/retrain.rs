@@ -73,7 +73,10 @@ impl Job {
         std::thread::Builder::new()
             .name("retrain".into())
             .spawn(move || {
-                let ended = run(&setup, &db, &state);
+                // A panic inside (a decoder, say) must not leave the job
+                // "running" for ever: it ends as failed, with the reason.
+                let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&setup, &db, &state)))
+                    .unwrap_or_else(|panic| Err(("failed", format!("the retrain stopped: {}", panic_text(&panic)))));
                 let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                 s.running = false;
                 match ended {
@@ -86,6 +89,14 @@ impl Job {
             })
             .map_err(|e| format!("cannot start the retrain: {e}"))?;
         Ok(())
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic".into(),
     }
 }
 
@@ -124,7 +135,7 @@ fn run(setup: &RetrainSetup, db: &std::path::Path, state: &Mutex<JobState>) -> R
     let failed = |e: String| ("failed", format!("{learnt}; but reclassifying the library failed: {e}"));
     let model = LoadedModel::load(&library::current(db)).map_err(|e| failed(e.to_string()))?;
     let (mut engine, _) =
-        crate::engine::open(&model, setup.backend, &setup.engine).map_err(|e| failed(e.to_string()))?;
+        crate::engine::open(&model, library::local(setup.backend), &setup.engine).map_err(|e| failed(e.to_string()))?;
     let mut store = Store::open_rw(db).map_err(|e| failed(e.to_string()))?;
     let batch = engine.preferred_batch();
     let selection = Selection { stale: true, ..Selection::default() };

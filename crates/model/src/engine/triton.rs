@@ -15,9 +15,10 @@
 //! a quiet substitute would store another model's answers under this one's
 //! name.
 //!
-//! A server that does not answer (refused connection, timeout, 5xx) is
-//! [`EngineError::Unreachable`]: not the photos' fault, so the daemon keeps
-//! them and tries again rather than writing error rows.
+//! A server that is away (refused connection, timeout, 502/503/504, or 404
+//! while its model reloads) is [`EngineError::Unreachable`]: not the photos'
+//! fault, so the daemon keeps them and tries again rather than writing error
+//! rows. Any other failed answer fails the batch (see `run_one`).
 
 use super::{Backend, Classifier, EngineError};
 use crate::model::LoadedModel;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 /// How long one request may take before the server counts as unreachable
 /// (a batch of 16 on a CPU server is well under a second).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bigger than any answer: 64 rows of 1,030 f32 scores plus the header.
 const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 /// The batch the daemon sends when the server allows it; the server's
@@ -52,6 +53,8 @@ pub(crate) struct TritonClassifier {
     input: String,
     output: String,
     batch: usize,
+    /// The server's `max_batch_size`: a larger batch goes in pieces.
+    max_batch: usize,
     /// Requests to keep in flight: one per model instance on the server, and
     /// at least two, so one batch travels while another is computed.
     in_flight: usize,
@@ -75,13 +78,15 @@ impl TritonClassifier {
             return Err(unavailable(format!("the server's metadata for '{}' names no input or output", target.model)));
         };
         let max_batch = config["max_batch_size"].as_u64().unwrap_or(0) as usize;
-        let batch = if max_batch == 0 { 1 } else { max_batch.min(PREFERRED_BATCH) };
+        // 0: the server batches nothing, so one photo per request.
+        let max_batch = max_batch.max(1);
+        let batch = max_batch.min(PREFERRED_BATCH);
         let instances: u64 = config["instance_group"]
             .as_array()
             .map(|g| g.iter().filter_map(|i| i["count"].as_u64()).sum())
             .unwrap_or(1);
         let in_flight = (instances as usize).clamp(2, MAX_IN_FLIGHT);
-        Ok(TritonClassifier { agent, infer_url: format!("{base}/infer"), input, output, batch, in_flight })
+        Ok(TritonClassifier { agent, infer_url: format!("{base}/infer"), input, output, batch, max_batch, in_flight })
     }
 
     /// The request body: the JSON header, then the tensor's bytes.
@@ -116,7 +121,37 @@ impl Classifier for TritonClassifier {
         self.batch
     }
 
+    /// Sends the batch in pieces no larger than the server takes.
     fn run(&mut self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
+        let rows = batch.shape()[0];
+        if rows <= self.max_batch {
+            return self.run_one(batch);
+        }
+        let mut pieces = Vec::new();
+        for start in (0..rows).step_by(self.max_batch) {
+            let end = (start + self.max_batch).min(rows);
+            pieces.push(self.run_one(batch.slice(ndarray::s![start..end, .., .., ..]))?);
+        }
+        let views: Vec<_> = pieces.iter().map(|p| p.view()).collect();
+        ndarray::concatenate(ndarray::Axis(0), &views).map_err(|e| inference(e.to_string()))
+    }
+
+    /// The daemon gives each piece a batcher, and each batcher keeps one
+    /// request in flight: k pieces keep the server's k instances busy and
+    /// hide the network's latency.
+    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
+        (0..self.in_flight).map(|_| Box::new((*self).clone()) as Box<dyn Classifier>).collect()
+    }
+}
+
+impl TritonClassifier {
+    /// One request. What counts as the server being away (sent again by the
+    /// daemon) and what as a failed batch (error rows): no connection, a
+    /// timeout, 502/503/504 (a proxy or a server starting or stopping) and
+    /// 404 (the model being reloaded) are away; any other answer that is not
+    /// 200, such as 500 from the model itself, is the batch's failure, which
+    /// sending it again would only repeat.
+    fn run_one(&self, batch: ArrayView4<'_, f32>) -> Result<Array2<f32>, EngineError> {
         let rows = batch.shape()[0];
         let (body, header_len) = self.request(&batch);
         let mut response = self
@@ -132,26 +167,16 @@ impl Classifier for TritonClassifier {
             .get("Inference-Header-Content-Length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        let bytes = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
-        if status >= 500 {
-            return Err(unreachable(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))));
+        let bytes = response.body_mut().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec().map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(limit) => inference(format!("the answer is over {limit} bytes")),
+            e => unreachable(format!("reading the answer: {e}")),
+        })?;
+        let text = || String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned();
+        match status {
+            200 => decode_output(&bytes, header_len, rows),
+            404 | 502..=504 => Err(unreachable(format!("HTTP {status}: {}", text()))),
+            _ => Err(inference(format!("HTTP {status}: {}", text()))),
         }
-        if status != 200 {
-            return Err(inference(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))));
-        }
-        decode_output(&bytes, header_len, rows)
-    }
-
-    /// The daemon gives each piece a batcher, and each batcher keeps one
-    /// request in flight: k pieces keep the server's k instances busy and
-    /// hide the network's latency.
-    fn split(self: Box<Self>) -> Vec<Box<dyn Classifier>> {
-        (0..self.in_flight).map(|_| Box::new((*self).clone()) as Box<dyn Classifier>).collect()
     }
 }
 
@@ -218,7 +243,7 @@ fn decode_output(bytes: &[u8], header_len: Option<usize>, rows: usize) -> Result
         )));
     }
     let data = &bytes[header_len..];
-    if data.len() != shape[0] * shape[1] * 4 {
+    if shape[0].checked_mul(shape[1]).and_then(|n| n.checked_mul(4)) != Some(data.len()) {
         return Err(inference(format!("the answer holds {} bytes of scores for shape {shape:?}", data.len())));
     }
     let values = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();

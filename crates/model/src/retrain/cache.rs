@@ -35,6 +35,9 @@ impl FeatureCache {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{backbone}.features"));
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)?;
+        // Held while the cache lives: two retrains sharing a cache folder
+        // take turns rather than interleave records (or trim each other's).
+        file.lock()?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let features = if bytes.len() < HEADER || &bytes[..MAGIC.len()] != MAGIC {

@@ -59,8 +59,8 @@ pub enum RetrainError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is a folder named '{folder}', which is not a label of the model (its labels: {labels})")]
     UnknownLabel { path: PathBuf, folder: String, labels: String },
-    #[error("{what} has no photos the backbone could read ({path})")]
-    Empty { what: &'static str, path: PathBuf },
+    #[error("{what} has no photos the backbone could read{}", match path { Some(p) => format!(" ({})", p.display()), None => String::new() })]
+    Empty { what: &'static str, path: Option<PathBuf> },
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("the new model does not answer what the fit computed (largest difference {difference:.2e}); not written")]
@@ -182,8 +182,14 @@ pub fn retrain(job: Retrain<'_>, progress: &mut dyn FnMut(Progress)) -> Result<R
     let (sets, tally, feature_cache) = job_features(&job, &backbone, heads.own.inputs, progress)?;
     let Sets { train, valid, corrections, unreadable } = sets;
     let feature_seconds = started.elapsed().as_secs_f64();
+    let first_train = job.train.first().and_then(|e| e.path.parent()?.parent()).map(Path::to_path_buf);
     if train.is_empty() {
-        return Err(RetrainError::Empty { what: "the train split", path: job.cache_dir.clone() });
+        return Err(RetrainError::Empty { what: "the train split", path: first_train });
+    }
+    // Nothing to learn: a new head fitted on no correction would only be the
+    // same model under a new name, and redo the whole library.
+    if corrections.is_empty() {
+        return Err(RetrainError::Empty { what: "the corrected photos", path: None });
     }
     let spec = &job.base.spec;
     let fitted: Vec<(&[f32], Target)> = train.iter().chain(&corrections).map(|(f, t)| (f.as_slice(), *t)).collect();
