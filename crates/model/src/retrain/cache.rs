@@ -124,6 +124,7 @@ mod tests {
         drop(cache);
         let cache = FeatureCache::open(dir.path(), "b", 2).unwrap();
         assert_eq!(cache.get(&[3; 32]), Some(&[5.0, 6.0][..]), "appended after the trim, aligned");
+        drop(cache); // it holds the file's lock
         assert!(FeatureCache::open(dir.path(), "b", 3).is_err(), "another width is refused");
     }
 }
