@@ -213,8 +213,13 @@ fn a_hundred_thousand_results_arrive_a_page_at_a_time() {
     let first = b.eval("Number(document.body.dataset.shown)").as_u64().unwrap();
     assert!(first < 1_000, "the page loaded {first} results at once");
     // Scrolling to the end fetches the next page, after the last path shown.
-    b.eval("window.scrollTo(0, document.body.scrollHeight)");
-    b.wait_for(20, "the next page", &format!("Number(document.body.dataset.shown) > {first}"));
+    // Scrolled again at each look, as a person would: cards still being laid
+    // out can move the end of the page after a single scroll.
+    b.wait_for(
+        20,
+        "the next page",
+        &format!("(window.scrollTo(0, document.body.scrollHeight), Number(document.body.dataset.shown) > {first})"),
+    );
     let paths = b.eval("[...document.querySelectorAll('.card')].map(c => c.dataset.path)");
     let paths: Vec<&str> = paths.as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     let mut sorted = paths.clone();
