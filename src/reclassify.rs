@@ -96,13 +96,15 @@ pub fn run(
         }
         // Written as it goes, so a long run shows progress and a crash loses little.
         if pending.len() >= 256 || seen == total {
-            match store.commit(&pending) {
-                Ok(()) => done.reclassified += pending.len(),
-                Err(e) => {
-                    outcome.get_or_insert(e);
+            if !pending.is_empty() {
+                match store.commit(&pending) {
+                    Ok(()) => done.reclassified += pending.len(),
+                    Err(e) => {
+                        outcome.get_or_insert(e);
+                    }
                 }
+                pending.clear();
             }
-            pending.clear();
             progress(seen, total);
         }
     })?;

@@ -89,39 +89,29 @@ impl Batcher {
         &mut self,
         input: ndarray::ArrayView4<'_, f32>,
     ) -> Option<Result<ndarray::Array2<f32>, EngineError>> {
+        // One flag for every batcher: the outage is said once, and so is its end.
+        let away = &self.shared.stats.server_unreachable;
         let mut wait = RETRY_FIRST;
-        let mut down_since = None;
         loop {
-            // Once it is known to be away (by any batcher), a stopping daemon
-            // does not wait on it again: each try may take the request's
-            // whole timeout.
-            let known_away = self.shared.stats.server_unreachable.load(Ordering::Relaxed);
-            if known_away && self.shared.health.stopping() {
+            // Once it is known to be away, a stopping daemon does not wait on
+            // it again: each try may take the request's whole timeout.
+            if away.load(Ordering::Relaxed) && self.shared.health.stopping() {
                 return None;
             }
             match self.engine.run(input) {
                 Err(EngineError::Unreachable { reason, .. }) => {
-                    if self.shared.health.stopping() {
-                        return None;
-                    }
-                    if down_since.is_none() {
+                    if !away.swap(true, Ordering::Relaxed) {
                         tracing::error!(
                             "the inference server is unreachable ({reason}); the photos wait, and are sent again \
                              until it answers"
                         );
-                        down_since = Some(Instant::now());
                     }
-                    self.shared.stats.set_server_down(true);
                     self.pause(wait);
                     wait = (wait * 2).min(RETRY_LAST);
                 }
                 answered => {
-                    if let Some(since) = down_since {
-                        tracing::info!(
-                            "the inference server answers again after {:.1} s",
-                            since.elapsed().as_secs_f64()
-                        );
-                        self.shared.stats.set_server_down(false);
+                    if away.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the inference server answers again");
                     }
                     return Some(answered);
                 }

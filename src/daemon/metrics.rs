@@ -62,10 +62,6 @@ impl Default for Stats {
 }
 
 impl Stats {
-    pub(crate) fn set_server_down(&self, down: bool) {
-        self.server_unreachable.store(down, Ordering::Relaxed);
-    }
-
     pub(crate) fn observe_decode(&self, took: Duration) {
         self.decode_seconds.observe(took.as_secs_f64());
     }
